@@ -1,0 +1,216 @@
+"""What train.py and eval.py do, as two functions of a composed config.
+
+Everything is built with `hydra.utils.instantiate` from the config; this file only orders the
+steps: check, seed, build, fit / test, report.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from wavecast.config import ConfigError, print_config_tree, validate_config
+
+log = logging.getLogger(__name__)
+
+
+def world_size(trainer_cfg: DictConfig) -> int:
+    """Number of processes the trainer config asks for (devices x nodes)."""
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, str):
+        if devices == "auto":
+            # Lightning's "auto" on CPU is one process; on GPUs it is every visible one.
+            accel = trainer_cfg.get("accelerator", "cpu")
+            devices = torch.cuda.device_count() if accel in ("gpu", "cuda", "auto") else 1
+            devices = max(devices, 1)
+        elif devices.lstrip("-").isdigit():
+            devices = int(devices)
+        else:
+            devices = len([d for d in devices.split(",") if d.strip()])
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        devices = len(devices)
+    if devices == -1:
+        devices = max(torch.cuda.device_count(), 1)
+    return int(devices) * int(trainer_cfg.get("num_nodes", 1))
+
+
+def per_rank_batch_size(cfg: DictConfig) -> int | None:
+    """data.batch_size is the global batch; each rank gets batch / world (must divide)."""
+    if "batch_size" not in cfg.data:
+        return None
+    world = world_size(cfg.trainer)
+    batch = int(cfg.data.batch_size)
+    if batch < 1 or batch % world:
+        raise ConfigError(
+            f"data.batch_size={batch} (the global batch) must be a positive multiple of the "
+            f"number of processes trainer.devices x trainer.num_nodes = {world}"
+        )
+    return batch // world
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path`: null, a file, or `last` = the newest last.ckpt of an earlier run of run_name."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    if ckpt == "last":
+        pattern = os.path.join(
+            cfg.paths.log_dir, "train", "runs", cfg.run_name, "*", "checkpoints", "last.ckpt"
+        )
+        found = sorted(glob.glob(pattern), key=os.path.getmtime)
+        if not found:
+            log.warning("ckpt_path=last: no %s yet; starting from scratch", pattern)
+            return None
+        log.info("ckpt_path=last -> %s", found[-1])
+        return found[-1]
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path: checkpoint file '{ckpt}' does not exist")
+    return str(ckpt)
+
+
+def _instantiate_dict(cfg: DictConfig | None, kind: str) -> list[Any]:
+    objs: list[Any] = []
+    if not cfg:
+        return objs
+    for name, node in cfg.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            log.info("Instantiating %s <%s> (%s)", kind, node._target_, name)
+            objs.append(instantiate(node))
+    return objs
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate data module, model, callbacks, loggers and trainer from a checked config."""
+    batch = per_rank_batch_size(cfg)
+    kwargs = {"batch_size": batch} if batch is not None else {}
+    datamodule: pl.LightningDataModule = instantiate(cfg.data, **kwargs)
+    model: pl.LightningModule = instantiate(cfg.model, _recursive_=True)
+    if hasattr(model, "check_data"):
+        model.check_data(datamodule)
+    if cfg.get("compile") and hasattr(model, "compile_networks"):
+        model.compile_networks()
+    callbacks = _instantiate_dict(cfg.get("callbacks"), "callback")
+    loggers = _instantiate_dict(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if loggers:
+        _log_hyperparameters(cfg, model, trainer)
+    return {
+        "datamodule": datamodule,
+        "model": model,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "trainer": trainer,
+    }
+
+
+@rank_zero_only
+def _log_hyperparameters(cfg: DictConfig, model: pl.LightningModule, trainer: pl.Trainer) -> None:
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams.pop("hydra", None)
+    hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
+    hparams["model/params/trainable"] = sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+
+
+def _start(cfg: DictConfig) -> None:
+    validate_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        print_config_tree(cfg, save_to=out / "config_tree.yaml")
+
+
+def _finish_loggers(loggers: list[Any]) -> None:
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            # Each multirun job must get its own wandb run.
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def _metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {
+        k: float(v.item() if isinstance(v, torch.Tensor) else v)
+        for k, v in trainer.callback_metrics.items()
+    }
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit (and optionally test) as the config says; returns cfg.optimized_metric (NaN -> inf)."""
+    _start(cfg)
+    objs = build(cfg)
+    trainer: pl.Trainer = objs["trainer"]
+    metrics: dict[str, float] = {}
+    try:
+        if cfg.get("train", True):
+            trainer.fit(
+                objs["model"], datamodule=objs["datamodule"], ckpt_path=resolve_ckpt_path(cfg)
+            )
+            metrics.update(_metrics(trainer))
+        if cfg.get("test"):
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+            trainer.test(objs["model"], datamodule=objs["datamodule"], ckpt_path=best)
+            metrics.update(_metrics(trainer))
+    finally:
+        _finish_loggers(objs["loggers"])
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / "metrics_final.json"
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    value = metrics.get(name)
+    if value is None:
+        log.warning("optimized_metric '%s' was not logged; returning inf", name)
+        return math.inf
+    if not math.isfinite(value):
+        return math.inf if cfg.get("optimized_mode", "min") == "min" else -math.inf
+    return value
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test (or validate) a checkpoint; writes the metrics to JSON in the run directory."""
+    _start(cfg)
+    ckpt = resolve_ckpt_path(cfg)
+    if ckpt is None:
+        raise ConfigError("ckpt_path: nothing to evaluate (no checkpoint found)")
+    with open_dict(cfg):
+        cfg.train = False
+    objs = build(cfg)
+    trainer: pl.Trainer = objs["trainer"]
+    model = objs["model"]
+    if hasattr(model, "analyses"):
+        model.analyses = list(cfg.get("analyses", []))
+    try:
+        run = trainer.test if cfg.get("split", "test") == "test" else trainer.validate
+        run(model, datamodule=objs["datamodule"], ckpt_path=ckpt)
+        metrics = _metrics(trainer)
+        extra = getattr(model, "eval_report", None)
+        if callable(extra):
+            metrics.update(extra())
+    finally:
+        _finish_loggers(objs["loggers"])
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / cfg.get("metrics_file", "metrics.json")
+        out.write_text(json.dumps({"checkpoint": ckpt, "metrics": metrics}, indent=2))
+        log.info("metrics written to %s", out)
+    return metrics
