@@ -1,0 +1,36 @@
+"""A checkpoint write that fails half-way (disk full, crash) leaves the previous one valid."""
+
+import errno
+import os
+
+import pytest
+import torch
+
+from wavecast import checkpoint_io
+from wavecast.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+
+
+def test_atomic_save_roundtrip(tmp_path):
+    path = tmp_path / "ckpts" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"w": torch.arange(5.0)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(5.0))
+    assert os.listdir(path.parent) == ["last.ckpt"]
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": torch.tensor(1)}, path)
+    before = path.read_bytes()
+
+    def full_disk_save(obj, f):
+        f.write(b"partial bytes of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk_save)
+    with pytest.raises(OSError, match="No space left"):
+        AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert torch.load(path, weights_only=True)["step"].item() == 1
+    # No temp file left behind.
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]
