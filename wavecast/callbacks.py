@@ -64,3 +64,61 @@ class MediaLogger(pl.Callback):
                     self.save_dir,
                     self.fps,
                 )
+
+
+class GradientMonitor(pl.Callback):
+    """Logs gradient norms (every logger) and histograms (wandb, TensorBoard) of parameters.
+
+    Runs in `on_before_optimizer_step`, so it sees the unclipped gradients of every optimizer
+    (manual optimisation included). `prefix` selects parameters by name (e.g. "temporal." for
+    the TemporalModule's); empty = all trainable parameters.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1,
+        histograms: bool = True,
+        prefix: str = "",
+        histogram_every_n_steps: int = 10,
+    ) -> None:
+        self.every_n_steps = max(1, every_n_steps)
+        self.histograms = histograms
+        self.histogram_every_n_steps = max(1, histogram_every_n_steps)
+        self.prefix = prefix
+
+    def _named_grads(self, pl_module: pl.LightningModule):
+        for name, p in pl_module.named_parameters():
+            if p.grad is not None and name.startswith(self.prefix):
+                yield name, p.grad.detach()
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps:
+            return
+        norms = {f"grad_norm/{n}": g.float().norm() for n, g in self._named_grads(pl_module)}
+        if not norms:
+            return
+        total = torch.stack(list(norms.values())).norm()
+        pl_module.log_dict(norms, on_step=True, on_epoch=False)
+        pl_module.log("grad_norm/total", total, on_step=True, on_epoch=False)
+        if self.histograms and step % self.histogram_every_n_steps == 0 and trainer.is_global_zero:
+            self._histograms(trainer, pl_module, step)
+
+    def _histograms(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        for logger in trainer.loggers:
+            kind = type(logger).__name__
+            for name, g in self._named_grads(pl_module):
+                values = g.float().flatten().cpu()
+                if kind == "WandbLogger":
+                    import wandb
+
+                    logger.experiment.log(
+                        {
+                            f"grad_hist/{name}": wandb.Histogram(values.numpy()),
+                            "trainer/global_step": step,
+                        }
+                    )
+                elif kind == "TensorBoardLogger":
+                    logger.experiment.add_histogram(f"grad_hist/{name}", values, step)
