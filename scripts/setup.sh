@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_VERSION=${WAVECAST_TORCH:-2.13.0}
-EXTRAS=${WAVECAST_EXTRAS:-dev}
+EXTRAS=${WAVECAST_EXTRAS:-dev,sweeps}
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
