@@ -1,0 +1,46 @@
+"""Shared fixtures: Hydra config composition and the synthetic KITTI (generated once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+
+os.environ.setdefault("WAVECAST_ROOT", str(ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def compose(config_name: str, overrides: list[str], output_dir: Path):
+    """Compose a config like train.py does, with the run directory pointed at `output_dir`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def synthetic_kitti(tmp_path_factory) -> Path:
+    """The small synthetic KITTI in the real raw layout, shared by every test of the session."""
+    from wavecast.data.synthetic import generate_synthetic_kitti
+
+    root = tmp_path_factory.mktemp("synthetic_kitti")
+    return generate_synthetic_kitti(root, size="small", seed=0)
