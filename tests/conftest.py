@@ -10,6 +10,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
+# Reference tensors of the published implementations: ../shared/reference beside the checkout.
+REFERENCE_DIR = Path(os.environ.get("WAVECAST_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
 
 os.environ.setdefault("WAVECAST_ROOT", str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -44,3 +46,13 @@ def synthetic_kitti(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic_kitti")
     return generate_synthetic_kitti(root, size="small", seed=0)
+
+
+def require_reference(path: Path) -> Path:
+    """Skip locally when a reference fixture is absent; in CI (CI=true) that is a failure."""
+    if not path.exists():
+        msg = f"reference fixture {path} not available (set WAVECAST_REFERENCE_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import REFERENCE_DIR, require_reference
 from wfvae.causal_conv import ChunkCache
 from wfvae.haar import (
     HaarWavelet2D,
@@ -21,13 +21,13 @@ from wfvae.haar import (
 
 torch.set_num_threads(2)
 
-FIXTURE = Path("/work/shared/reference/wfvae/haar.pt")
+FIXTURE = REFERENCE_DIR / "wfvae" / "haar.pt"
 
 
 @pytest.fixture(scope="module")
 def ref() -> dict:
     if not FIXTURE.exists():
-        pytest.skip(f"{FIXTURE} not available")
+        require_reference(FIXTURE)
     return torch.load(FIXTURE, weights_only=True)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import REFERENCE_DIR, require_reference
 from wfvae import WFVAE
 from wfvae.reference import (
     convert_reference_state_dict,
@@ -18,7 +19,7 @@ from wfvae.reference import (
 
 torch.set_num_threads(2)
 
-REF_DIR = Path("/work/shared/reference/wfvae")
+REF_DIR = REFERENCE_DIR / "wfvae"
 ROOT = Path(__file__).resolve().parents[1]
 
 # Latents / wavelet coefficients and decoded video (fp32 CPU float noise is ~1e-6 / ~3e-6).
@@ -30,7 +31,7 @@ TOL_VIDEO = 3e-5
 def fixture() -> dict:
     path = REF_DIR / "wfvae_v1_tiny.pt"
     if not path.exists():
-        pytest.skip(f"{path} not available")
+        require_reference(path)
     return torch.load(path, weights_only=True)
 
 
@@ -133,7 +134,7 @@ def test_translate_config_rejects_unsupported(fixture: dict) -> None:
 def test_wfvae_l_keys_and_parameter_counts() -> None:
     path = REF_DIR / "wfvae_l_keys.json"
     if not path.exists():
-        pytest.skip(f"{path} not available")
+        require_reference(path)
     info = json.loads(path.read_text())
     cfg = translate_config(info["config"])
     with torch.device("meta"):
