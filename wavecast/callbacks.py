@@ -122,3 +122,50 @@ class GradientMonitor(pl.Callback):
                     )
                 elif kind == "TensorBoardLogger":
                     logger.experiment.add_histogram(f"grad_hist/{name}", values, step)
+
+
+class RNGStateCheckpoint(pl.Callback):
+    """Saves the Python / NumPy / torch RNG states in checkpoints and restores them on resume.
+
+    Lightning restores weights, optimizers and loop counters but not the global RNGs, so a
+    resumed run would otherwise draw other posterior samples, noise and shuffles than the
+    uninterrupted run with the same seed.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        state = {
+            "python": random.getstate(),
+            # As plain types + a tensor so that weights_only checkpoint loading accepts it.
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        random.setstate(state_dict["python"])
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return (
+        str(kind),
+        torch.from_numpy(keys.astype("int64")),
+        int(pos),
+        int(has_gauss),
+        float(cached),
+    )
