@@ -62,9 +62,11 @@ def validate_run_keys(cfg: DictConfig) -> None:
         raise ConfigError(
             f"unknown top-level config key(s) {unknown}; known: {sorted(names | _GROUP_KEYS)}"
         )
+    for k in names:
+        if k in cfg.keys() and OmegaConf.is_missing(cfg, k):
+            hint = " (a checkpoint file, or last)" if k == "ckpt_path" else ""
+            raise ConfigError(f"{k} is required: pass {k}=...{hint}")
     present = {k: cfg[k] for k in names if k in cfg}
-    if "ckpt_path" in present and OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise ConfigError("ckpt_path is required: pass ckpt_path=/path/to/file.ckpt (or last)")
     try:
         OmegaConf.merge(OmegaConf.structured(RunSchema), present)
     except OmegaConfBaseException as e:
