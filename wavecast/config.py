@@ -63,7 +63,8 @@ def validate_run_keys(cfg: DictConfig) -> None:
             f"unknown top-level config key(s) {unknown}; known: {sorted(names | _GROUP_KEYS)}"
         )
     for k in names:
-        if k in cfg.keys() and OmegaConf.is_missing(cfg, k):
+        # `k in cfg` is False for a ??? value in OmegaConf, hence keys().
+        if k in cfg.keys() and OmegaConf.is_missing(cfg, k):  # noqa: SIM118
             hint = " (a checkpoint file, or last)" if k == "ckpt_path" else ""
             raise ConfigError(f"{k} is required: pass {k}=...{hint}")
     present = {k: cfg[k] for k in names if k in cfg}
