@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from wavecast.config import ConfigError, print_config_tree, validate_config
 
 log = logging.getLogger(__name__)
+
+# With manual optimisation a step-based checkpoint holds the weights after the step together
+# with the incremented step counter: a consistent resume point, whatever this warning says.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def world_size(trainer_cfg: DictConfig) -> int:
