@@ -124,48 +124,69 @@ class GradientMonitor(pl.Callback):
                     logger.experiment.add_histogram(f"grad_hist/{name}", values, step)
 
 
-class RNGStateCheckpoint(pl.Callback):
-    """Saves the Python / NumPy / torch RNG states in checkpoints and restores them on resume.
+class EpochSeed(pl.Callback):
+    """Reseeds Python, NumPy and torch at every training epoch start from (seed, epoch, rank).
 
-    Lightning restores weights, optimizers and loop counters but not the global RNGs, so a
-    resumed run would otherwise draw other posterior samples, noise and shuffles than the
-    uninterrupted run with the same seed.
+    Lightning restores weights, optimizers and loop counters on resume but not the global RNGs,
+    and validation / data-loader start-up consume random numbers at points that differ between
+    a resumed and an uninterrupted run. Making each epoch's random stream a function of the
+    epoch alone means a run resumed from an epoch-boundary checkpoint draws the same shuffles,
+    posterior samples and noise as the uninterrupted one (tests/test_resume.py). Ranks get
+    different streams so that DDP replicas do not draw identical noise.
     """
 
-    def state_dict(self) -> dict[str, Any]:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import random
 
         import numpy as np
 
-        state = {
-            "python": random.getstate(),
-            # As plain types + a tensor so that weights_only checkpoint loading accepts it.
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        import random
-
-        import numpy as np
-
-        random.setstate(state_dict["python"])
-        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        s = (self.seed * 1_000_003 + trainer.current_epoch * 1_009 + trainer.global_rank) % 2**32
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
 
 
-def _numpy_state_to_plain(state: tuple) -> tuple:
-    kind, keys, pos, has_gauss, cached = state
-    return (
-        str(kind),
-        torch.from_numpy(keys.astype("int64")),
-        int(pos),
-        int(has_gauss),
-        float(cached),
-    )
+class LastCheckpoint(pl.Callback):
+    """Keeps `<dirpath>/last.ckpt` fresh: every N optimizer steps, after every training epoch and
+    at the end of training (the resume point of `ckpt_path=last`).
+
+    Lightning's ModelCheckpoint takes either a step or an epoch trigger, not both, and two
+    instances writing `last.ckpt` rename one of them `last-v1.ckpt`; hence this small callback.
+    Writes go through the trainer, so the atomic CheckpointIO applies and only rank 0 writes.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = 50) -> None:
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(
+                f"LastCheckpoint.every_n_train_steps must be >= 1 or null, got {every_n_train_steps}"
+            )
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_at: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking or self._saved_at == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_at = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Saved where Lightning's ModelCheckpoint saves epoch-end checkpoints, so the loop state
+        # restores to "epoch finished" (on_train_epoch_end would replay one epoch too few).
+        if trainer.state.fn == "fit":
+            self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)

@@ -159,17 +159,41 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
     }
 
 
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def _resume_wandb_run(cfg: DictConfig, ckpt: str | None) -> None:
+    """Point the wandb logger at the run of the checkpoint being resumed (id kept in its run dir)."""
+    if ckpt is None or not cfg.get("logger") or "wandb" not in cfg.logger:
+        return
+    id_file = Path(ckpt).resolve().parent.parent / WANDB_ID_FILE
+    if not id_file.is_file() or cfg.logger.wandb.get("id"):
+        return
+    with open_dict(cfg):
+        cfg.logger.wandb.id = id_file.read_text().strip()
+        cfg.logger.wandb.resume = "allow"
+    log.info("resuming wandb run %s", cfg.logger.wandb.id)
+
+
+@rank_zero_only
+def _record_wandb_id(loggers: list[Any], output_dir: Path) -> None:
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            (output_dir / WANDB_ID_FILE).write_text(str(logger.experiment.id))
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) as the config says; returns cfg.optimized_metric (NaN -> inf)."""
     _start(cfg)
+    ckpt = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
+    _resume_wandb_run(cfg, ckpt)
     objs = build(cfg)
     trainer: pl.Trainer = objs["trainer"]
+    _record_wandb_id(objs["loggers"], Path(cfg.paths.output_dir))
     metrics: dict[str, float] = {}
     try:
         if cfg.get("train", True):
-            trainer.fit(
-                objs["model"], datamodule=objs["datamodule"], ckpt_path=resolve_ckpt_path(cfg)
-            )
+            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt)
             metrics.update(_metrics(trainer))
         if cfg.get("test"):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
