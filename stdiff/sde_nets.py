@@ -1,0 +1,115 @@
+"""Drift and diffusion nets of the motion SDE, and the torchsde-facing :class:`MotionSDE`.
+
+Both nets are small autonomous conv nets on the motion state ``[N, M, h, w]``:
+Conv3x3, ``n_layers`` x [nonlinearity, Conv3x3], nonlinearity, zero-initialised Conv3x3.
+The zero init makes the first prediction equal the context. The diffusion is further squashed
+by ``tanh``. torchsde integrates the flat state ``[N, M*h*w]`` (``(M, h, w)`` row-major).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+NOISE_TYPES = ("diagonal",)
+SDE_TYPES = ("stratonovich", "ito")
+_NONLINEARITIES = {"tanh": torch.tanh}
+
+
+class SDEConvNet(nn.Module):
+    """``[N, M, h, w] -> [N, M, h, w]``; ``convs.0`` .. ``convs.{n_layers+1}`` (the last is zero-init)."""
+
+    def __init__(self, channels: int, n_layers: int = 2, nonlinearity: str = "tanh") -> None:
+        super().__init__()
+        if nonlinearity not in _NONLINEARITIES:
+            raise ValueError(
+                f"SDE net: nonlinearity {nonlinearity!r} not supported; use one of "
+                f"{sorted(_NONLINEARITIES)}"
+            )
+        self.channels = channels
+        self.act = _NONLINEARITIES[nonlinearity]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1) for _ in range(n_layers + 2)
+        )
+        nn.init.zeros_(self.convs[-1].weight)
+        nn.init.zeros_(self.convs[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.convs[0](x)
+        for conv in self.convs[1:]:
+            x = conv(self.act(x))
+        return x
+
+
+class DriftNet(SDEConvNet):
+    """Drift ``f(x)`` of the motion SDE (time-independent)."""
+
+
+class DiffusionNet(SDEConvNet):
+    """Diagonal diffusion ``g(x) = tanh(net(x))`` of the motion SDE (time-independent)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(super().forward(x))
+
+
+class MotionSDE(nn.Module):
+    """Drift and (unless ``sde=False``) diffusion nets with torchsde's ``noise_type`` and
+    ``sde_type``; :meth:`flat` gives the view torchsde integrates.
+
+    ``sde=False`` builds no diffusion net: an ODE on the drift (torchsde then integrates it
+    with zero diffusion).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        n_layers: int = 2,
+        nonlinearity: str = "tanh",
+        sde: bool = True,
+        noise_type: str = "diagonal",
+        sde_type: str = "stratonovich",
+    ) -> None:
+        super().__init__()
+        if noise_type not in NOISE_TYPES:
+            raise ValueError(
+                f"MotionSDE: noise_type {noise_type!r} not supported (the conv diffusion net is "
+                f"elementwise: use one of {NOISE_TYPES})"
+            )
+        if sde_type not in SDE_TYPES:
+            raise ValueError(f"MotionSDE: sde_type {sde_type!r} not in {SDE_TYPES}")
+        self.noise_type = noise_type
+        self.sde_type = sde_type
+        self.drift = DriftNet(channels, n_layers, nonlinearity)
+        self.diffusion = DiffusionNet(channels, n_layers, nonlinearity) if sde else None
+
+    def flat(self, state_shape: tuple[int, int, int], drift_only: bool = False) -> FlatMotionSDE:
+        """torchsde's view for states of shape ``(M, h, w)``; ``drift_only`` zeroes the diffusion."""
+        return FlatMotionSDE(self, state_shape, drift_only)
+
+
+class FlatMotionSDE(nn.Module):
+    """``f(t, y)``, ``g(t, y)`` on the flat state ``y [N, M*h*w]`` (``(M, h, w)`` row-major) for
+    one integration. A separate object per call: torchsde's adjoint calls f and g again in
+    backward, so shape and drift-only flag must not be shared mutable state of the model."""
+
+    def __init__(self, sde: MotionSDE, state_shape: tuple[int, int, int], drift_only: bool) -> None:
+        super().__init__()
+        self.sde = sde
+        self.noise_type = sde.noise_type
+        self.sde_type = sde.sde_type
+        self.state_shape = tuple(state_shape)
+        self.drift_only = drift_only or sde.diffusion is None
+
+    def _unflat(self, y: Tensor, net: nn.Module) -> Tensor:
+        return y.view(y.shape[0], *self.state_shape).to(net.convs[0].weight.dtype)
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        """Drift; ``t`` is ignored (autonomous)."""
+        return self.sde.drift(self._unflat(y, self.sde.drift)).flatten(1).to(y.dtype)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        """Diagonal diffusion; zeros in ODE / drift-only mode."""
+        if self.drift_only:
+            return torch.zeros_like(y)
+        net = self.sde.diffusion
+        return net(self._unflat(y, net)).flatten(1).to(y.dtype)
