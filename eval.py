@@ -8,6 +8,10 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("WAVECAST_ROOT", str(Path(__file__).resolve().parent))
 
+from wavecast.resolvers import register_resolvers  # noqa: E402
+
+register_resolvers()
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:

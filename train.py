@@ -12,6 +12,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 os.environ.setdefault("WAVECAST_ROOT", str(Path(__file__).resolve().parent))
+
+from wavecast.resolvers import register_resolvers  # noqa: E402
+
+register_resolvers()
 log = logging.getLogger("train")
 
 

@@ -18,6 +18,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from wavecast.resolvers import register_resolvers  # noqa: E402
+
+register_resolvers()
+
 
 def compose(config_name: str, overrides: list[str], output_dir: Path):
     """Compose a config like train.py does, with the run directory pointed at `output_dir`."""

@@ -131,8 +131,55 @@ def _log_hyperparameters(cfg: DictConfig, model: pl.LightningModule, trainer: pl
         logger.log_hyperparams(hparams)
 
 
+def process_rank() -> int:
+    """Global rank of this process (Lightning / torchrun / SLURM set one of these)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def setup_logging() -> None:
+    """One line per message: Lightning's own console handlers go, its records propagate to the
+    root (Hydra's) handlers; ranks > 0 only print warnings (their log file keeps everything)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+    if process_rank() != 0:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setLevel(logging.WARNING)
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Re-executing DDP (start_method popen) inside a Hydra multirun would re-run the whole sweep
+    in every child process: sweeps must use a spawning strategy."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    strategy = cfg.trainer.get("strategy")
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    popen_ddp = (
+        isinstance(strategy, DictConfig)
+        and "DDP" in strategy.get("_target_", "")
+        and strategy.get("start_method", "popen") == "popen"
+    )
+    if popen_ddp and world_size(cfg.trainer) > 1:
+        raise ConfigError(
+            "trainer.strategy.start_method=popen re-executes the script per rank, which "
+            "re-runs the whole sweep in a multirun: use trainer=ddp_spawn_sim (or "
+            "trainer.strategy.start_method=spawn) for sweeps, or one SLURM job per trial "
+            "(hydra/launcher=slurm)"
+        )
+
+
 def _start(cfg: DictConfig) -> None:
+    setup_logging()
     validate_config(cfg)
+    check_launch(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
