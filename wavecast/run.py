@@ -251,16 +251,20 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir) / "metrics_final.json"
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    name = cfg.get("optimized_metric")
+    return objective_value(metrics, cfg.get("optimized_metric"), cfg.get("optimized_mode", "min"))
+
+
+def objective_value(metrics: dict[str, float], name: str | None, mode: str = "min") -> float | None:
+    """The sweep objective: the named metric, with NaN / missing turned into the worst value
+    (Optuna's sweeper crashes on NaN; a missing metric must not look like a good trial)."""
     if not name:
         return None
+    worst = math.inf if mode == "min" else -math.inf
     value = metrics.get(name)
     if value is None:
-        log.warning("optimized_metric '%s' was not logged; returning inf", name)
-        return math.inf
-    if not math.isfinite(value):
-        return math.inf if cfg.get("optimized_mode", "min") == "min" else -math.inf
-    return value
+        log.warning("optimized_metric '%s' was not logged; returning %s", name, worst)
+        return worst
+    return value if math.isfinite(value) else worst
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
