@@ -4,25 +4,77 @@ The module knows nothing of files: batches are dicts with "video" [B, 3, T, H, W
 The network (`wfvae.model.WFVAE`) and the loss (`wfvae.losses.WFVAELoss`, which owns the
 optional discriminator) are built by Hydra and passed in.
 
-Why manual optimisation: the generator and the discriminator alternate steps after `disc_start`,
-and the adaptive GAN weight needs the generator graph. Lightning's `gradient_clip_val` does not
-apply then, so gradients are clipped here (`grad_clip`). A non-finite loss skips the step and is
-counted (`train/nonfinite_skips`) instead of corrupting the weights.
+Training recipe (reference `train_ddp.py`):
+
+* Generator steps only until `loss.disc_start` generator steps have been taken; the
+  discriminator is not even run before that. From then on the two alternate:
+  `gan_schedule="alternate"` (the reference) gives each batch to one optimizer, generator and
+  discriminator in turn (a discriminator batch runs the generator forward without gradients);
+  `"joint"` takes a generator step and then a discriminator step on the same batch and its
+  detached reconstruction (one generator forward fewer per pair).
+* Steps: `generator_steps` / `discriminator_steps` count the steps taken (saved in checkpoints).
+  Lightning's `trainer.global_step` counts every optimizer step of both, so **`trainer.max_steps`
+  is generator + discriminator steps**: with `max_steps = N > disc_start` a run takes
+  `disc_start + ceil((N - disc_start) / 2)` generator steps under either schedule (logged at the
+  start of `fit`; "joint" may end one discriminator step past N). Checkpoint `every_n_train_steps`
+  and the LR scheduler (stepped per generator step) see the same counters.
+* Gradients are clipped here (`grad_clip`, both optimizers, the norm before clipping is logged
+  as `train/grad_norm/{generator,discriminator}`); Lightning's `gradient_clip_val` does not apply
+  with manual optimisation and is refused at start-up.
+* A non-finite loss or gradient norm skips that optimizer's step: no backward / no update, the
+  module's buffers (e.g. BatchNorm statistics) restored, the optimizer state untouched; it is
+  counted (`train/nonfinite_skips`), and more than `max_nonfinite_skips` in a row for one
+  optimizer raise `NonFiniteLossError` (checkpoints already written are from finite steps).
+* EMA of the generator: the `wfvae.ema.GeneratorEMA` callback (see there).
+
+Evaluation: PSNR, SSIM, temporal flicker, L1 and the VAE loss per batch; LPIPS (AlexNet) when
+`metric_lpips_weights` (or `$WAVECAST_WEIGHTS_DIR`) provides local weights; in `test`, FVD with
+dataset-level statistics when `fvd_i3d` (or `$WAVECAST_WEIGHTS_DIR`) provides the I3D file,
+logged as `test/fvd` and returned by `eval_report()`.
+
+Checkpoints: `ckpt_path` resumes a training run (full Lightning checkpoint). `init_ckpt` starts a
+new run (fresh optimizers and counters) from the network weights of a file: a Wavecast training
+checkpoint (its `state_dict`, i.e. the EMA weights when it was trained with EMA; a matching
+discriminator is taken too), the output of `scripts/convert_reference.py`, or a bare `WFVAE`
+state dict. A checkpoint of another model or of an incompatible network config is refused with
+a `ConfigError` before any weight is copied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
+from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
 
 from wavecast.config import ConfigError
 from wavecast.guards import NonFiniteGuard
 from wavecast.metrics.flicker import temporal_flicker
+from wavecast.metrics.fvd import FVD, I3D_MIN_FRAMES
 from wavecast.metrics.image import psnr, ssim
+from wavecast.metrics.weights import (
+    WeightsError,
+    notice_once,
+    resolve_i3d_weights,
+    resolve_lpips_weights,
+)
+from wfvae.lpips import PerceptualLoss
+
+log = logging.getLogger(__name__)
+
+GanSchedule = Literal["alternate", "joint"]
+
+# Network config keys that do not change the weights' meaning: a checkpoint may differ in them.
+_NON_ARCH_KEYS = frozenset({"frames_policy", "gradient_checkpointing", "dropout"})
+# A generator step index below every disc_start: the GAN term is off (evaluation losses).
+_NO_GAN_STEP = -1
 
 
 class WFVAEModule(pl.LightningModule):
@@ -33,10 +85,20 @@ class WFVAEModule(pl.LightningModule):
         loss: `WFVAELoss`; its `disc` (or None) is the discriminator.
         optimizer: partial optimizer for the generator (net + loss parameters except `disc`).
         disc_optimizer: partial optimizer for the discriminator (required when `loss.disc` is set).
-        scheduler: optional partial LR scheduler for the generator optimizer (stepped per step).
+        scheduler: optional partial LR scheduler for the generator optimizer (stepped per
+            generator step).
         grad_clip: max global grad norm for each optimizer (None = no clipping).
-        max_nonfinite_skips: consecutive non-finite losses tolerated before the run stops.
+        max_nonfinite_skips: consecutive non-finite steps (per optimizer) tolerated before the
+            run stops with `NonFiniteLossError`; None = never stop.
         val_chunk_size: encode/decode validation clips in chunks of this many frames (None = full).
+        gan_schedule: "alternate" (reference: one optimizer per batch after `disc_start`) or
+            "joint" (generator then discriminator on every batch).
+        init_ckpt: start from the network weights of this file (fine-tuning; fresh optimizers).
+        metric_lpips_weights: local AlexNet LPIPS weights for the val/test metric (folder or
+            `{backbone, lin}`); None looks in `$WAVECAST_WEIGHTS_DIR`, else the metric is off.
+        fvd_i3d: local `i3d_torchscript.pt` for test FVD; None looks in `$WAVECAST_WEIGHTS_DIR`,
+            else FVD is skipped (said once).
+        fvd_batch_size: clips per I3D call.
     """
 
     def __init__(
@@ -49,6 +111,11 @@ class WFVAEModule(pl.LightningModule):
         grad_clip: float | None = 1.0,
         max_nonfinite_skips: int | None = 20,
         val_chunk_size: int | None = None,
+        gan_schedule: GanSchedule = "alternate",
+        init_ckpt: str | None = None,
+        metric_lpips_weights: Any = None,
+        fvd_i3d: str | None = None,
+        fvd_batch_size: int = 8,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -57,18 +124,43 @@ class WFVAEModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.disc_optimizer_factory = disc_optimizer
         self.scheduler_factory = scheduler
+        if grad_clip is not None and not grad_clip > 0:
+            raise ConfigError(f"model.grad_clip must be > 0 or null, got {grad_clip}")
+        if gan_schedule not in ("alternate", "joint"):
+            raise ConfigError(
+                f"model.gan_schedule must be 'alternate' or 'joint', got {gan_schedule!r}"
+            )
         self.grad_clip = grad_clip
         self.val_chunk_size = val_chunk_size
+        self.gan_schedule = gan_schedule
         self.guard = NonFiniteGuard(max_nonfinite_skips)
-        if self.discriminator is not None and disc_optimizer is None:
-            raise ConfigError("model.disc_optimizer is required when model.loss.disc is set")
-        # Generator steps taken; with two optimizers Lightning's global_step counts both.
-        self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        self.disc_guard = NonFiniteGuard(max_nonfinite_skips)
+        if self.discriminator is not None:
+            if disc_optimizer is None:
+                raise ConfigError("model.disc_optimizer is required when model.loss.disc is set")
+            if int(getattr(loss, "disc_start", 0)) < 0:
+                raise ConfigError(f"model.loss.disc_start must be >= 0, got {loss.disc_start}")
+        # Steps taken by each optimizer (Lightning's global_step counts both); in checkpoints.
+        self.generator_steps = 0
+        self.discriminator_steps = 0
+        self.lpips_metric = _build_lpips_metric(metric_lpips_weights)
+        if fvd_i3d is not None:
+            resolve_i3d_weights(fvd_i3d)  # a configured file that is missing fails at start-up
+        self.fvd_i3d = fvd_i3d
+        self.fvd_batch_size = int(fvd_batch_size)
+        self._fvd: FVD | None = None
+        self._report: dict[str, float] = {}
+        if init_ckpt is not None:
+            self.load_init_checkpoint(init_ckpt)
 
     # ------------------------------------------------------------------ set-up
     @property
     def discriminator(self) -> nn.Module | None:
         return getattr(self.loss, "disc", None)
+
+    @property
+    def disc_start(self) -> int:
+        return int(getattr(self.loss, "disc_start", 0))
 
     def check_data(self, datamodule: pl.LightningDataModule) -> None:
         """Start-up check: clip length and frame size compatible with the 4x8x8 compression."""
@@ -80,100 +172,240 @@ class WFVAEModule(pl.LightningModule):
                 f"use {clip - (clip - 1) % 4} or {clip + 4 - (clip - 1) % 4}, or set "
                 "model.net.frames_policy=pad"
             )
+        if clip is not None and self.fvd_i3d is not None and clip < I3D_MIN_FRAMES:
+            raise ConfigError(
+                f"model.fvd_i3d is set but data.clip_length={clip} < {I3D_MIN_FRAMES}: I3D (FVD) "
+                "needs longer clips; use data.clip_length=13 or more, or model.fvd_i3d=null"
+            )
         size = getattr(datamodule, "frame_size", None) or getattr(datamodule, "image_size", None)
         if size is not None and any(int(s) % 8 for s in size):
             raise ConfigError(f"data.image_size={list(size)} must be divisible by 8 (WF-VAE 8x8)")
 
     def compile_networks(self) -> None:
-        self.net = torch.compile(self.net)
+        # In place: the state-dict keys stay "net.*", so checkpoints do not depend on compile.
+        self.net.compile()
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # Called when the module is attached to a trainer, before Lightning's own checks, so a
+        # wrong trainer setting is reported with the key to use instead.
+        self._check_trainer()
+        return []
+
+    def _check_trainer(self) -> None:
+        trainer = self.trainer
+        if trainer.state.fn != "fit":
+            return
+        clip = trainer.gradient_clip_val
+        if clip is not None and clip > 0:
+            raise ConfigError(
+                f"trainer.gradient_clip_val={clip} does not apply to WFVAEModule (manual "
+                "optimisation of generator and discriminator): set model.grad_clip instead and "
+                "trainer.gradient_clip_val=null"
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} is not "
+                "supported by WFVAEModule (manual optimisation); raise data.batch_size instead"
+            )
+        strategy = trainer.strategy
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if (
+            self.discriminator is not None
+            and ddp_kwargs is not None
+            and not ddp_kwargs.get("find_unused_parameters", False)
+            and not ddp_kwargs.get("static_graph", False)
+        ):
+            raise ConfigError(
+                "the VAE-GAN under DDP leaves the discriminator without gradients in generator "
+                "steps (and the generator in discriminator steps): set "
+                "trainer.strategy.find_unused_parameters=true"
+            )
+        for cb in trainer.callbacks:
+            if isinstance(cb, WeightAveraging) and not _is_generator_ema(cb):
+                rank_zero_warn(
+                    f"{type(cb).__name__} averages the whole WFVAEModule (discriminator "
+                    "included) and counts discriminator steps; use wfvae.ema.GeneratorEMA"
+                )
+        if self.discriminator is not None and trainer.max_steps is not None:
+            n = trainer.max_steps
+            if n > self.disc_start:
+                gen = self.disc_start + math.ceil((n - self.disc_start) / 2)
+                rank_zero_info(
+                    f"trainer.max_steps={n} counts generator and discriminator steps: about "
+                    f"{gen} generator steps (loss.disc_start={self.disc_start})"
+                )
 
     def configure_optimizers(self):
-        disc = self.discriminator
-        disc_ids = {id(p) for p in disc.parameters()} if disc is not None else set()
-        gen_params = [p for p in self.parameters() if p.requires_grad and id(p) not in disc_ids]
-        opt_g = self.optimizer_factory(params=gen_params)
+        opt_g = self.optimizer_factory(params=self._generator_params())
         optimizers = [opt_g]
-        if disc is not None:
-            optimizers.append(self.disc_optimizer_factory(params=list(disc.parameters())))
+        if self.discriminator is not None:
+            optimizers.append(self.disc_optimizer_factory(params=self._discriminator_params()))
         if self.scheduler_factory is None:
             return optimizers
         sched = {"scheduler": self.scheduler_factory(optimizer=opt_g), "interval": "step"}
         return optimizers, [sched]
 
+    def _discriminator_params(self) -> list[nn.Parameter]:
+        disc = self.discriminator
+        return [] if disc is None else [p for p in disc.parameters() if p.requires_grad]
+
+    def _generator_params(self) -> list[nn.Parameter]:
+        disc = self.discriminator
+        disc_ids = {id(p) for p in disc.parameters()} if disc is not None else set()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in disc_ids]
+
     # ------------------------------------------------------------------ training
-    def _optimizers(self) -> list[torch.optim.Optimizer]:
+    def _optimizers(self) -> list[Any]:
         opts = self.optimizers()
         return list(opts) if isinstance(opts, (list, tuple)) else [opts]
 
-    def _reduce_min(self, x: torch.Tensor) -> torch.Tensor:
+    def _reduce_min(self, x: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(x, reduce_op="min") if self._trainer else x
 
-    def _step(self, opt, loss: torch.Tensor, params) -> torch.Tensor | None:
+    def _all_finite(self, x: Tensor) -> bool:
+        """True when ``x`` is finite on every rank (all ranks must take the same branch)."""
+        return bool(self._reduce_min(torch.isfinite(x.detach()).all().float()) > 0.5)
+
+    def _buffer_snapshot(self) -> list[tuple[Tensor, Tensor]]:
+        # Forward passes in train mode update running statistics (the discriminator's
+        # BatchNorm); a skipped step must not keep statistics of a non-finite batch.
+        return [(b, b.detach().clone()) for b in self.buffers()]
+
+    @staticmethod
+    def _restore_buffers(snapshot: list[tuple[Tensor, Tensor]]) -> None:
+        with torch.no_grad():
+            for b, saved in snapshot:
+                b.copy_(saved)
+
+    def _grad_scaler(self) -> Any:
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
+
+    def _optimizer_step(
+        self, opt: Any, loss: Tensor, params: list[nn.Parameter], guard: NonFiniteGuard, name: str
+    ) -> Tensor | None:
+        """Backward, clip, step; returns the gradient norm before clipping, or None if skipped.
+
+        Exactly one `guard.check` per call, so "consecutive" counts steps, not checks.
+        """
+        if not self._all_finite(loss):
+            # Every rank gets here; the reduced check counts the skip (raises past the limit).
+            guard.check(loss, f"{name} loss", self._reduce_min)
+            return None
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        norm = None
-        if self.grad_clip is not None:
-            self.unscale_gradients(opt)
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        opt.step()
-        return norm
-
-    def unscale_gradients(self, opt) -> None:
-        # fp16 AMP scales the loss; bf16 and fp32 do nothing here.
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scaler = self._grad_scaler()
         if scaler is not None:
-            scaler.unscale_(opt)
+            scaler.unscale_(opt)  # fp16: clip the true gradients; the scaler skips inf steps
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        )
+        if scaler is None and not guard.check(norm, f"{name} gradient norm"):
+            opt.zero_grad(set_to_none=True)
+            return None
+        if scaler is not None:
+            guard.check(loss, f"{name} loss")  # finite: resets the consecutive count
+        if self.grad_clip is not None and grads:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        opt.step()
+        # Free the gradients now: the next backward (of the other optimizer) starts from none.
+        opt.zero_grad(set_to_none=True)
+        return norm.detach()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        x = batch["video"]
+    def _disc_turn(self) -> bool:
+        """Alternate schedule: the discriminator's batch once the generator is one GAN step ahead."""
+        if self.discriminator is None or self.gan_schedule != "alternate":
+            return False
+        return self.discriminator_steps < max(0, self.generator_steps - self.disc_start)
+
+    @staticmethod
+    def _video(batch: Any) -> Tensor:
+        x = batch["video"] if isinstance(batch, Mapping) else batch
+        if not isinstance(x, Tensor) or x.dim() != 5:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"WFVAEModule expects batch['video'] [B, 3, T, H, W], got {shape}")
+        return x
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        x = self._video(batch)
         opts = self._optimizers()
-        step = int(self.generator_steps)
+        if self._disc_turn():
+            with torch.no_grad():
+                recon = self.net(x, sample_posterior=True).recon
+            self._discriminator_step(x, recon, opts[1])
+            self._log_skips()
+            return
+        step = self.generator_steps
+        snapshot = self._buffer_snapshot()
         out = self.net(x, sample_posterior=True)
         last_layer = self.net.get_last_layer() if self.discriminator is not None else None
         g_loss, logs = self.loss.generator_loss(x, out, step, last_layer=last_layer)
-        if not self.guard.check(g_loss, "generator loss", self._reduce_min):
-            self.log("train/nonfinite_skips", float(self.guard.skipped), prog_bar=True)
+        norm = self._optimizer_step(
+            opts[0], g_loss, self._generator_params(), self.guard, "generator"
+        )
+        if norm is None:
+            self._restore_buffers(snapshot)
+            self._log_skips()
             return
-        gen_params = [p for g in opts[0].param_groups for p in g["params"]]
-        norm = self._step(opts[0], g_loss, gen_params)
         self.generator_steps += 1
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
-        if norm is not None:
-            logs["grad_norm/generator"] = norm
-        if self.discriminator is not None and step >= getattr(self.loss, "disc_start", 0):
-            d_loss, d_logs = self.loss.discriminator_loss(x, out.recon.detach(), step)
-            if self.guard.check(d_loss, "discriminator loss", self._reduce_min):
-                d_norm = self._step(opts[1], d_loss, list(self.discriminator.parameters()))
-                if d_norm is not None:
-                    d_logs["grad_norm/discriminator"] = d_norm
-                logs.update(d_logs)
+        logs["grad_norm/generator"] = norm
         self.log("train/loss", g_loss.detach(), prog_bar=True)
         self.log_dict({f"train/{k}": _scalar(v) for k, v in logs.items()})
-        self.log("train/nonfinite_skips", float(self.guard.skipped))
+        if (
+            self.gan_schedule == "joint"
+            and self.discriminator is not None
+            and step >= self.disc_start
+        ):
+            self._discriminator_step(x, out.recon.detach(), opts[1])
+        self._log_skips()
+
+    def _discriminator_step(self, x: Tensor, recon: Tensor, opt: Any) -> None:
+        # The index of the generator step whose reconstructions these are (>= disc_start).
+        step = self.generator_steps - 1
+        snapshot = self._buffer_snapshot()
+        d_loss, d_logs = self.loss.discriminator_loss(x, recon.detach(), step)
+        norm = self._optimizer_step(
+            opt, d_loss, self._discriminator_params(), self.disc_guard, "discriminator"
+        )
+        if norm is None:
+            self._restore_buffers(snapshot)
+            return
+        self.discriminator_steps += 1
+        d_logs["grad_norm/discriminator"] = norm
+        self.log_dict({f"train/{k}": _scalar(v) for k, v in d_logs.items()})
+
+    def _log_skips(self) -> None:
+        self.log("train/nonfinite_skips", float(self.guard.skipped + self.disc_guard.skipped))
+        self.log("train/generator_steps", float(self.generator_steps))
 
     # ------------------------------------------------------------------ evaluation
-    def _reconstruct(self, x: torch.Tensor):
+    def _reconstruct(self, x: Tensor):
         if self.val_chunk_size is None:
             return self.net(x, sample_posterior=False)
         post = self.net.encode(x, chunk_size=self.val_chunk_size).posterior
-        return self.net.decode(post.mode(), chunk_size=self.val_chunk_size)
+        return self.net.decode(post.mode(), chunk_size=self.val_chunk_size, num_frames=x.shape[2])
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
-        x = batch["video"]
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        x = self._video(batch)
         out = self._reconstruct(x)
         recon = out.recon if hasattr(out, "recon") else out.video
         metrics = {
             "psnr": psnr(recon, x).mean(),
             "ssim": ssim(recon, x).mean(),
             "flicker": temporal_flicker(recon, x).mean(),
-            "rec_l1": (recon - x).abs().mean(),
+            "rec_l1": (recon.float() - x.float()).abs().mean(),
         }
+        if self.lpips_metric is not None:
+            metrics["lpips"] = self.lpips_metric(recon.clamp(-1, 1), x).float().mean()
         if hasattr(out, "posterior"):
-            loss, logs = self.loss.generator_loss(x, out, int(self.generator_steps), None)
+            loss, logs = self.loss.generator_loss(x, out, _NO_GAN_STEP, None)
             metrics["loss"] = loss.detach()
             metrics.update({k: _scalar(v) for k, v in logs.items() if k in ("kl", "wavelet")})
+        if stage == "test" and self._fvd is not None:
+            self._fvd_update(x, recon)
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
             prog_bar=stage == "val",
@@ -182,15 +414,58 @@ class WFVAEModule(pl.LightningModule):
         )
         return metrics
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int):
         return self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int):
         return self._eval_step(batch, "test")
 
-    def media_from_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def on_test_epoch_start(self) -> None:
+        self._report = {}
+        self._fvd = FVD.from_local_or_none(
+            self.fvd_i3d, device=self.device, batch_size=self.fvd_batch_size
+        )
+
+    def _fvd_update(self, x: Tensor, recon: Tensor) -> None:
+        assert self._fvd is not None
+        if x.shape[2] < I3D_MIN_FRAMES:
+            notice_once(
+                "wfvae-fvd-short",
+                f"FVD skipped: test clips have {x.shape[2]} frames, I3D needs {I3D_MIN_FRAMES}",
+            )
+            self._fvd = None
+            return
+        self._fvd.update(x, recon.clamp(-1, 1))
+
+    def on_test_epoch_end(self) -> None:
+        if self._fvd is None:
+            return
+        for stats in (self._fvd.real, self._fvd.fake):
+            self._all_reduce_stats(stats)
+        value = self._fvd.compute()
+        self._report = {"test/fvd": value, "test/fvd_clips": float(self._fvd.real.n)}
+        self.log("test/fvd", value)
+        self._fvd = None
+
+    def _all_reduce_stats(self, stats: Any) -> None:
+        """Sum FVD feature statistics over ranks (dataset-level statistics under DDP)."""
+        if self.trainer.world_size <= 1:
+            return
+        if stats.sum is None:
+            raise RuntimeError("FVD: a rank saw no test clips; use fewer processes for eval")
+        reduce = self.trainer.strategy.reduce
+        n = torch.tensor(float(stats.n), dtype=torch.float64, device=self.device)
+        stats.n = int(reduce(n, reduce_op="sum").item())
+        stats.sum = reduce(stats.sum.to(self.device), reduce_op="sum").cpu()
+        stats.outer = reduce(stats.outer.to(self.device), reduce_op="sum").cpu()
+
+    def eval_report(self) -> dict[str, float]:
+        """Dataset-level numbers of the last test run (FVD), for eval.py's metrics JSON."""
+        return dict(self._report)
+
+    def media_from_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Input | reconstruction side by side, [B, 3, T, H, 2W] in [-1, 1]."""
-        x = batch["video"]
+        x = self._video(batch)
         recon = self.net(x, sample_posterior=False).recon
         return {"val/reconstruction": torch.cat([x, recon.clamp(-1, 1)], dim=-1)}
 
@@ -200,30 +475,191 @@ class WFVAEModule(pl.LightningModule):
             "model": "wfvae",
             "net_class": type(self.net).__name__,
             "net_config": dict(getattr(self.net, "config", {}) or {}),
+            "generator_steps": self.generator_steps,
+            "discriminator_steps": self.discriminator_steps,
             "nonfinite_guard": self.guard.state_dict(),
+            "nonfinite_guard_disc": self.disc_guard.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("wavecast", {})
-        if meta.get("model") not in (None, "wfvae"):
+        source = str(getattr(self._trainer, "ckpt_path", None) or "checkpoint")
+        meta = checkpoint.get("wavecast") or {}
+        self._check_meta(meta, source)
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and "optimizer_states" not in checkpoint:
             raise ConfigError(
-                f"checkpoint holds a '{meta.get('model')}' model, not a WF-VAE: wrong "
-                "ckpt_path or experiment"
+                f"ckpt_path={source} holds network weights only (a converted or weights-only "
+                "checkpoint), so it cannot resume a training run: start from it with "
+                f"model.init_ckpt={source} instead (fresh optimizers)"
+            )
+        legacy_steps = None
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                sd = dict(checkpoint[key])
+                # Older checkpoints kept the step counter as a buffer.
+                steps = sd.pop("generator_steps", None)
+                legacy_steps = steps if steps is not None else legacy_steps
+                checkpoint[key] = self._match_state_dict(sd, source, strict_loss=fitting)
+        steps = meta.get("generator_steps", legacy_steps)
+        self.generator_steps = int(steps) if steps is not None else 0
+        self.discriminator_steps = int(meta.get("discriminator_steps", 0))
+        self.guard.load_state_dict(meta.get("nonfinite_guard", {}))
+        self.disc_guard.load_state_dict(meta.get("nonfinite_guard_disc", {}))
+
+    def _check_meta(self, meta: Mapping[str, Any], source: str) -> None:
+        """Refuse another model's checkpoint, or one of an incompatible network config."""
+        model = meta.get("model")
+        if model not in (None, "wfvae"):
+            raise ConfigError(
+                f"{source} holds a '{model}' model, not a WF-VAE: wrong checkpoint or experiment"
             )
         ours = dict(getattr(self.net, "config", {}) or {})
-        theirs = meta.get("net_config") or {}
+        # "net_config" in training checkpoints, "config" in scripts/convert_reference.py output.
+        theirs = meta.get("net_config") or meta.get("config") or {}
         diff = {
-            k: (theirs[k], ours[k]) for k in ours.keys() & theirs.keys() if theirs[k] != ours[k]
+            k: (theirs[k], ours[k])
+            for k in sorted(ours.keys() & theirs.keys())
+            if k not in _NON_ARCH_KEYS and theirs[k] != ours[k]
         }
         if diff:
             raise ConfigError(
-                "checkpoint was trained with another WF-VAE config: "
+                f"{source} was made with another WF-VAE config: "
                 + ", ".join(
                     f"model.net.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items()
                 )
             )
-        self.guard.load_state_dict(meta.get("nonfinite_guard", {}))
+
+    def _match_state_dict(
+        self, sd: dict[str, Tensor], source: str, strict_loss: bool
+    ) -> dict[str, Tensor]:
+        """``sd`` remapped to this module's keys, checked in full before anything is copied.
+
+        Network entries must match exactly (keys and shapes). Entries of the loss (the
+        discriminator, logvar) that the checkpoint lacks or has in excess are taken from / left
+        to this module when not resuming a fit (evaluation needs the network only).
+        """
+        if not any(k.startswith("net.") for k in sd) and any(k.startswith("model.") for k in sd):
+            # scripts/convert_reference.py writes the network under "model.".
+            sd = {("net." + k[len("model.") :] if k.startswith("model.") else k): v
+                  for k, v in sd.items()}  # fmt: skip
+        ours = self.state_dict()
+        net_sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
+        _check_net_state(self.net, net_sd, source)
+        out = {f"net.{k}": v for k, v in net_sd.items()}
+        rest_ours = {k: v for k, v in ours.items() if not k.startswith("net.")}
+        rest_theirs = {k: v for k, v in sd.items() if not k.startswith("net.")}
+        missing = sorted(rest_ours.keys() - rest_theirs.keys())
+        extra = sorted(rest_theirs.keys() - rest_ours.keys())
+        bad = [
+            f"{k}: checkpoint {tuple(rest_theirs[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in rest_ours.items()
+            if k in rest_theirs and tuple(rest_theirs[k].shape) != tuple(v.shape)
+        ]
+        if strict_loss and (missing or extra or bad):
+            raise ConfigError(
+                f"{source} does not fit this model's loss / discriminator (model.loss): "
+                + _summary(missing, extra, bad)
+                + "; resume with the config it was trained with, or start from it with "
+                "model.init_ckpt"
+            )
+        if missing or extra or bad:
+            rank_zero_info(
+                f"{source}: loss / discriminator entries not taken from the checkpoint "
+                f"(evaluation uses the network only): {_summary(missing, extra, bad)}"
+            )
+        for k, v in rest_ours.items():
+            theirs = rest_theirs.get(k)
+            keep = theirs is not None and tuple(theirs.shape) == tuple(v.shape)
+            out[k] = theirs if keep else v.detach().clone()
+        return out
+
+    def load_init_checkpoint(self, path: str | Path) -> None:
+        """Load network (and, if it fits, discriminator) weights from ``path`` for a new run.
+
+        Accepts a Wavecast Lightning checkpoint, `scripts/convert_reference.py` output (Lightning
+        layout or `--plain`), or a bare `WFVAE` state dict. Nothing is copied unless every
+        network tensor is present with the right shape.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"model.init_ckpt: file '{path}' does not exist")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - Lightning checkpoints may hold other picklables
+            try:
+                raw = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as e:  # noqa: BLE001 - report any load failure with the file name
+                raise ConfigError(
+                    f"model.init_ckpt: '{path}' is not a torch checkpoint ({e})"
+                ) from e
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"model.init_ckpt: '{path}' holds a {type(raw).__name__}, not a dict")
+        source = f"model.init_ckpt={path}"
+        self._check_meta(raw.get("wavecast") or {}, source)
+        sd = raw["state_dict"] if isinstance(raw.get("state_dict"), Mapping) else raw
+        sd = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+        if not any(k.startswith(("net.", "model.")) for k in sd):
+            sd = {f"net.{k}": v for k, v in sd.items()}  # a bare WFVAE state dict
+        sd.pop("generator_steps", None)
+        matched = self._match_state_dict(sd, source, strict_loss=False)
+        self.load_state_dict(matched, strict=True)
+        n_net = sum(k.startswith("net.") for k in matched)
+        log.info("model.init_ckpt: %d network tensors loaded from %s", n_net, path)
 
 
-def _scalar(v: Any) -> torch.Tensor | float:
-    return v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+def _summary(missing: list[str], extra: list[str], bad: list[str], n: int = 6) -> str:
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", bad)):
+        if keys:
+            more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+            parts.append(f"{what}: {', '.join(keys[:n])}{more}")
+    return "; ".join(parts)
+
+
+def _check_net_state(net: nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
+    ours = net.state_dict()
+    missing = sorted(ours.keys() - sd.keys())
+    extra = sorted(sd.keys() - ours.keys())
+    bad = [
+        f"net.{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if missing or extra or bad:
+        hint = ""
+        if extra and not set(ours) & set(sd):
+            hint = (
+                " (a checkpoint of the published code? convert it first with "
+                "scripts/convert_reference.py)"
+            )
+        raise ConfigError(
+            f"{source} does not fit the network of model.net: "
+            + _summary([f"net.{k}" for k in missing], [f"net.{k}" for k in extra], bad)
+            + hint
+        )
+
+
+def _build_lpips_metric(spec: Any) -> PerceptualLoss | None:
+    """Frozen AlexNet LPIPS for val/test (outside the parameters), or None (said once)."""
+    key = "model.metric_lpips_weights"
+    try:
+        weights = resolve_lpips_weights(
+            spec, "alex", consequence="val/test LPIPS is not computed", config_key=key
+        )
+    except WeightsError as e:
+        if spec is not None:
+            raise
+        # $WAVECAST_WEIGHTS_DIR exists but lacks the AlexNet files: a metric, so off, said once.
+        notice_once(f"lpips-alex-{key}-env", f"LPIPS metric disabled: {e}")
+        return None
+    return None if weights is None else PerceptualLoss(weights)
+
+
+def _is_generator_ema(cb: Any) -> bool:
+    from wfvae.ema import GeneratorEMA
+
+    return isinstance(cb, GeneratorEMA)
+
+
+def _scalar(v: Any) -> Tensor | float:
+    return v.detach().float() if isinstance(v, Tensor) else float(v)
