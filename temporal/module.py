@@ -1,0 +1,560 @@
+"""LightningModule that trains the TemporalModule in the latent space of a frozen WF-VAE.
+
+Batches (from `wavecast.data.flow_pairs.FlowPairDataModule`)::
+
+    frames      [B, 2, 3, H, W] in [-1, 1]   frame t-1, frame t
+    flow        [B, 2, H, W]  t-1 -> t in image pixels (dx right, dy down)
+    flow_valid  [B, 1, H, W]  bool, or None / absent (all valid)
+
+One step:
+
+1. Both frames are encoded by the frozen VAE as one-frame clips (no grad, posterior mode):
+   z_prev, z_cur [B, C, H/8, W/8].
+2. The flow goes to the latent grid with `temporal.warp.resize_flow` (area averaging by
+   default: a latent pixel covers an 8 x 8 block of image pixels; values scaled by 1/8). Its
+   validity is pooled the same way; a latent pixel counts as valid when at least
+   `latent_valid_threshold` of its block is.
+3. `z_fused, _, aux = temporal(z_prev, z_cur, flow=flow_latent)`.
+4. Loss, each term with its weight (0 switches it off; the decoder only runs when a term needs it):
+
+   - ``rec``: L1 between decode(z_fused) and frame t (the fused latent must still decode to the
+     current frame);
+   - ``latent``: L1 between z_fused and z_cur;
+   - ``warp``: L1 between the refined warp (aux z_warp_refined) and z_cur on valid latent
+     pixels: a direct signal for the refiner to correct what the warp gets wrong;
+   - ``temporal``: temporal consistency, L1 between decode(z_fused) and the previous frame
+     carried to time t by the image-resolution flow, on pixels where that carried frame is
+     defined. `temporal_target="decoded"` (default) carries decode(z_prev), i.e. what a viewer
+     saw at t-1, so the term measures flicker of the decoded video; "input" carries the input
+     frame t-1 (a second reconstruction target). `temporal_warp="splat"` (default) forward-splats
+     frame t-1 (reads the flow at the source pixels, where flows t-1 -> t and their valid masks
+     are defined; invalid source pixels are left out, so occluded content does not land in
+     frame t); "backward" samples at p - flow(p) like the TemporalModule (first-order).
+   - ``edge``: `edge_loss` (e.g. `temporal.edge_loss.EdgePreservingLoss`, weight inside) between
+     the Sobel edges of z_warp_refined and z_cur (`edge_on="latent"`) or of decode(z_fused) and
+     frame t (`edge_on="image"`): fights blur from warping.
+
+   The conflict between ``rec`` / ``latent`` (pull alpha down, towards z_cur) and ``temporal``
+   (pull towards the previous output) is what sets the learned alpha after the warmup.
+
+Frozen VAE: `requires_grad_(False)`, kept in eval mode across `train()` calls, not in the
+optimizer (only `temporal` parameters are), and left out of saved checkpoints unless
+`save_vae_in_checkpoint` (a checkpoint records the VAE config, `vae_ckpt` and a digest of its
+weights; on load the VAE weights come from `vae_ckpt` again, and a different digest warns).
+`vae_ckpt`: a Lightning checkpoint of a WF-VAE run (`net.*` under `state_dict`) or a plain
+WF-VAE state_dict; null keeps the random init (a smoke test only, said once).
+
+Optimisation is automatic: the optimizer is built from config over `temporal`'s parameters;
+gradient clipping is the trainer's (`trainer.gradient_clip_val`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from temporal.temporal_module import TemporalModule
+from temporal.warp import forward_splat, resize_flow, warp
+from wavecast.config import ConfigError
+from wavecast.metrics.image import psnr
+
+log = logging.getLogger(__name__)
+
+TEMPORAL_TARGETS = ("decoded", "input")
+TEMPORAL_WARPS = ("splat", "backward")
+EDGE_ON = ("latent", "image")
+_OUTSIDE = 1.0e6  # flow that sends a source pixel far outside the frame (left out of a splat)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def tensor_digest(module: nn.Module | dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and bytes), in key order."""
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_vae_weights(vae: nn.Module, path: str | Path) -> None:
+    """Load WF-VAE weights from a Lightning checkpoint of a WF-VAE run or a plain state_dict.
+
+    ConfigError naming `model.vae_ckpt` and the file on a missing file, another model's
+    checkpoint, another WF-VAE config, or keys that do not match.
+    """
+    path = Path(str(path))
+    if not path.is_file():
+        raise ConfigError(f"model.vae_ckpt: file '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Lightning checkpoints may pickle non-tensor objects (hyper-parameters); the file is
+        # the user's own, named in the config.
+        log.info("model.vae_ckpt: %s needs full unpickling (weights_only=False)", path)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict):
+        raise ConfigError(f"model.vae_ckpt: '{path}' holds a {type(obj).__name__}, not a dict")
+    if "state_dict" in obj:
+        meta = obj.get("wavecast") or {}
+        if meta.get("model") not in (None, "wfvae"):
+            raise ConfigError(
+                f"model.vae_ckpt: '{path}' is a '{meta.get('model')}' checkpoint, not a WF-VAE run"
+            )
+        ours = dict(getattr(vae, "config", {}) or {})
+        theirs = meta.get("net_config") or {}
+        diff = [
+            f"model.vae.{k}: checkpoint {theirs[k]!r} vs config {ours[k]!r}"
+            for k in sorted(ours.keys() & theirs.keys())
+            if k != "gradient_checkpointing" and theirs[k] != ours[k]
+        ]
+        if diff:
+            raise ConfigError(
+                f"model.vae_ckpt: '{path}' was trained with another WF-VAE config: "
+                + ", ".join(diff)
+            )
+        state = {k[4:]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
+        if not state:
+            raise ConfigError(
+                f"model.vae_ckpt: '{path}' is a Lightning checkpoint without 'net.*' keys under "
+                "state_dict (not a WF-VAE run?)"
+            )
+    else:
+        state = obj
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.vae_ckpt: '{path}' is neither a checkpoint nor a state_dict")
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}  # torch.compile prefix
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"model.vae_ckpt: '{path}' does not match model.vae: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}"
+        )
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean |a - b| over channels and the pixels where mask [B, 1, H, W] > 0 (all when None)."""
+    err = (a - b).abs().mean(dim=1, keepdim=True)
+    if mask is None:
+        return err.mean()
+    m = (mask > 0).to(err.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def carry_forward(
+    x_prev: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None, mode: str = "splat"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame t-1 [B, C, H, W] carried to time t by the t-1 -> t flow [B, 2, H, W].
+
+    Returns the carried frame and where it is defined [B, 1, H, W] (float 0 / 1).
+    "splat": forward splatting, invalid source pixels (valid [B, 1, H, W] False) left out.
+    "backward": x_prev(p - flow(p)), defined where that is inside the frame and valid(p).
+    """
+    if mode == "splat":
+        if valid is not None:
+            flow = torch.where(valid, flow, torch.full_like(flow, _OUTSIDE))
+        return forward_splat(x_prev, flow, return_mask=True)
+    carried, inside = warp(x_prev, flow, padding_mode="zeros", return_mask=True)
+    if valid is not None:
+        inside = inside * valid.to(inside.dtype)
+    return carried, inside
+
+
+# ----------------------------------------------------------------------------------------------
+# The module
+
+
+class TemporalFusionModule(pl.LightningModule):
+    """Trains `temporal` (a TemporalModule) on frame pairs encoded by the frozen `vae`.
+
+    Args:
+        vae: the WF-VAE (`wfvae.model.WFVAE`), frozen here.
+        temporal: the TemporalModule; channels must equal the VAE's latent_dim.
+        optimizer: partial optimizer (params=...) for the TemporalModule's parameters.
+        scheduler: optional partial LR scheduler, stepped every optimizer step.
+        vae_ckpt: WF-VAE weights (see the module docstring); null = random init (smoke test).
+        rec_weight, latent_weight, warp_weight, temporal_weight: loss weights (see above).
+        temporal_target: "decoded" | "input". temporal_warp: "splat" | "backward".
+        edge_loss: optional module (pred, target) -> weighted loss. edge_on: "latent" | "image".
+        flow_resize_mode: `F.interpolate` mode for the image -> latent flow ("area", "bilinear").
+        latent_valid_threshold: fraction of valid image pixels for a valid latent pixel.
+        save_vae_in_checkpoint: keep the frozen VAE's weights in saved checkpoints.
+        final_state_dir: when set, each rank writes `rank<k>_final.json` there at the end of
+            fit (alpha, alpha_param, a digest of the TemporalModule's state): a DDP check.
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        temporal: TemporalModule,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        vae_ckpt: str | None = None,
+        rec_weight: float = 1.0,
+        latent_weight: float = 0.1,
+        warp_weight: float = 0.1,
+        temporal_weight: float = 0.5,
+        temporal_target: str = "decoded",
+        temporal_warp: str = "splat",
+        edge_loss: nn.Module | None = None,
+        edge_on: str = "latent",
+        flow_resize_mode: str = "area",
+        latent_valid_threshold: float = 0.5,
+        save_vae_in_checkpoint: bool = False,
+        final_state_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value, choices in (
+            ("temporal_target", temporal_target, TEMPORAL_TARGETS),
+            ("temporal_warp", temporal_warp, TEMPORAL_WARPS),
+            ("edge_on", edge_on, EDGE_ON),
+        ):
+            if value not in choices:
+                raise ConfigError(f"model.{name} must be one of {choices}, got {value!r}")
+        weights = {
+            "rec_weight": rec_weight,
+            "latent_weight": latent_weight,
+            "warp_weight": warp_weight,
+            "temporal_weight": temporal_weight,
+        }
+        for name, w in weights.items():
+            if w < 0:
+                raise ConfigError(f"model.{name} must be >= 0, got {w}")
+        if not 0.0 < latent_valid_threshold <= 1.0:
+            raise ConfigError(
+                f"model.latent_valid_threshold must be in (0, 1], got {latent_valid_threshold}"
+            )
+        latent_dim = getattr(vae, "latent_dim", None)
+        if latent_dim is not None and temporal.channels != latent_dim:
+            raise ConfigError(
+                f"model.temporal.channels={temporal.channels} must equal the VAE's latent_dim "
+                f"({latent_dim})"
+            )
+        self.vae = vae
+        self.temporal = temporal
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.vae_ckpt = None if vae_ckpt is None else str(vae_ckpt)
+        self.rec_weight, self.latent_weight = float(rec_weight), float(latent_weight)
+        self.warp_weight, self.temporal_weight = float(warp_weight), float(temporal_weight)
+        self.temporal_target, self.temporal_warp = temporal_target, temporal_warp
+        self.edge_loss, self.edge_on = edge_loss, edge_on
+        self.flow_resize_mode = flow_resize_mode
+        self.latent_valid_threshold = float(latent_valid_threshold)
+        self.save_vae_in_checkpoint = bool(save_vae_in_checkpoint)
+        self.final_state_dir = final_state_dir
+        if self.vae_ckpt is not None:
+            load_vae_weights(self.vae, self.vae_ckpt)
+        else:
+            rank_zero_warn(
+                "model.vae_ckpt is null: the WF-VAE keeps its random init, so decoded frames and "
+                "every image metric are meaningless (smoke test only). Point model.vae_ckpt at "
+                "a WF-VAE run's checkpoint for real results."
+            )
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+        self._vae_digest: str | None = None
+
+    # ------------------------------------------------------------------ frozen VAE
+    def train(self, mode: bool = True) -> TemporalFusionModule:
+        """Lightning calls train() on every fit / validation switch: the VAE stays in eval."""
+        super().train(mode)
+        self.vae.eval()
+        return self
+
+    @property
+    def vae_digest(self) -> str:
+        if self._vae_digest is None:  # the VAE never changes: hash it once
+            self._vae_digest = tensor_digest(self.vae)
+        return self._vae_digest
+
+    def check_data(self, datamodule: pl.LightningDataModule) -> None:
+        """Start-up check: frame pairs, sizes divisible by the VAE's 8 x 8 compression."""
+        clip = getattr(datamodule, "clip_length", None)
+        if clip is not None and clip != 2:
+            raise ConfigError(
+                f"the temporal model trains on frame pairs (data.clip_length 2), got a data "
+                f"module with clip_length={clip}; use data=kitti_flow_pairs"
+            )
+        size = getattr(datamodule, "frame_size", None)
+        if size is not None and any(int(s) % 8 for s in size):
+            raise ConfigError(f"data.image_size={list(size)} must be divisible by 8 (WF-VAE 8x8)")
+
+    def compile_networks(self) -> None:
+        # In place (nn.Module.compile): `temporal` stays a TemporalModule for AlphaWarmup.
+        self.temporal.compile()
+
+    def configure_optimizers(self):
+        # No weight decay on the alpha logit and biases: decoupled decay moves a parameter even
+        # when its gradient is zero (alpha_param during the warmup) and would pull alpha to 0.5.
+        params = [p for p in self.temporal.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        opt = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return opt
+        sched = {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "step"}
+        return [opt], [sched]
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _unpack(
+        batch: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        for key in ("frames", "flow"):
+            if key not in batch:
+                raise KeyError(
+                    f"TemporalFusionModule: batch has no '{key}' (keys: {sorted(batch)}); use a "
+                    "flow-pair data module (data=kitti_flow_pairs)"
+                )
+        frames, flow, valid = batch["frames"], batch["flow"], batch.get("flow_valid")
+        if frames.ndim != 5 or frames.shape[1:3] != (2, 3):
+            raise ValueError(f"batch['frames'] must be [B, 2, 3, H, W], got {tuple(frames.shape)}")
+        b, _, _, h, w = frames.shape
+        if tuple(flow.shape) != (b, 2, h, w):
+            raise ValueError(
+                f"batch['flow'] must be [B, 2, H, W] = {(b, 2, h, w)}, got {tuple(flow.shape)}"
+            )
+        if valid is not None:
+            if tuple(valid.shape) != (b, 1, h, w):
+                raise ValueError(
+                    f"batch['flow_valid'] must be [B, 1, H, W] = {(b, 1, h, w)}, got "
+                    f"{tuple(valid.shape)}"
+                )
+            valid = valid.bool()
+        return frames, flow.to(frames.dtype), valid
+
+    @torch.no_grad()
+    def encode_pair(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [B, 2, 3, H, W] -> z_prev, z_cur [B, C, H/8, W/8] (posterior modes)."""
+        b = frames.shape[0]
+        z = self.vae.encode(frames.flatten(0, 1).unsqueeze(2)).posterior.mode()[:, :, 0]
+        z = z.reshape(b, 2, *z.shape[1:])
+        return z[:, 0].contiguous(), z[:, 1].contiguous()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, C, h, w] -> frame [B, 3, 8h, 8w] (gradients flow to z, not to the VAE)."""
+        return self.vae.decode(z.unsqueeze(2)).video[:, :, 0]
+
+    def latent_flow(
+        self, flow: torch.Tensor, valid: torch.Tensor | None, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image flow [B, 2, H, W] (+ valid) -> latent flow [B, 2, h, w] (+ valid [B, 1, h, w])."""
+        flow_lat = resize_flow(flow, size, mode=self.flow_resize_mode)
+        if valid is None:
+            return flow_lat, None
+        frac = F.interpolate(valid.to(flow.dtype), size=size, mode="area")
+        return flow_lat, frac >= self.latent_valid_threshold
+
+    def fuse(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Encode, resize the flow and fuse; returns everything the losses and media need."""
+        frames, flow, valid = self._unpack(batch)
+        z_prev, z_cur = self.encode_pair(frames)
+        flow_lat, valid_lat = self.latent_flow(flow, valid, tuple(z_cur.shape[-2:]))
+        z_fused, _, aux = self.temporal(z_prev, z_cur, flow=flow_lat)
+        mask_lat = aux["valid_mask"]
+        if valid_lat is not None:
+            mask_lat = mask_lat * valid_lat.to(mask_lat.dtype)
+        return {
+            "x_prev": frames[:, 0],
+            "x_cur": frames[:, 1],
+            "flow": flow,
+            "valid": valid,
+            "z_prev": z_prev,
+            "z_cur": z_cur,
+            "z_fused": z_fused,
+            "aux": aux,
+            "mask_lat": mask_lat,
+        }
+
+    def _previous_output(self, f: dict[str, Any]) -> torch.Tensor:
+        if self.temporal_target == "input":
+            return f["x_prev"]
+        return self._decoded_prev(f)
+
+    @torch.no_grad()
+    def _decoded_prev(self, f: dict[str, Any]) -> torch.Tensor:
+        if f.get("x_prev_decoded") is None:  # decoded once per batch
+            f["x_prev_decoded"] = self.decode(f["z_prev"])
+        return f["x_prev_decoded"]
+
+    def losses(self, f: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted loss terms of a `fuse` result; returns (total, unweighted terms)."""
+        aux, z_cur = f["aux"], f["z_cur"]
+        z_ref = aux["z_warp_refined"]
+        needs_image = (
+            self.rec_weight > 0
+            or self.temporal_weight > 0
+            or (self.edge_loss is not None and self.edge_on == "image")
+        )
+        x_fused = self.decode(f["z_fused"]) if needs_image else None
+        f["x_fused"] = x_fused
+        terms: dict[str, torch.Tensor] = {}
+        total = f["z_fused"].new_zeros(())
+        if self.rec_weight > 0:
+            terms["rec"] = (x_fused - f["x_cur"]).abs().mean()
+            total = total + self.rec_weight * terms["rec"]
+        if self.latent_weight > 0:
+            terms["latent"] = (f["z_fused"] - z_cur).abs().mean()
+            total = total + self.latent_weight * terms["latent"]
+        if self.warp_weight > 0:
+            terms["warp"] = masked_l1(z_ref, z_cur, f["mask_lat"])
+            total = total + self.warp_weight * terms["warp"]
+        if self.temporal_weight > 0:
+            carried, defined = carry_forward(
+                self._previous_output(f), f["flow"], f["valid"], self.temporal_warp
+            )
+            terms["temporal"] = masked_l1(x_fused, carried, defined)
+            total = total + self.temporal_weight * terms["temporal"]
+        if self.edge_loss is not None:
+            if self.edge_on == "latent":
+                terms["edge"] = self.edge_loss(z_ref, z_cur)
+            else:
+                terms["edge"] = self.edge_loss(x_fused, f["x_cur"])
+            total = total + terms["edge"]  # the edge module carries its own weight
+        return total, terms
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        f = self.fuse(batch)
+        loss, terms = self.losses(f)
+        b = f["z_cur"].shape[0]
+        aux = f["aux"]
+        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
+        logs["train/alpha_used"] = aux["alpha"].detach().float()
+        logs["train/alpha_learned"] = torch.sigmoid(self.temporal.alpha_param.detach()).float()
+        logs["train/valid_fraction"] = f["mask_lat"].detach().float().mean()
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=b)
+        self.log_dict(logs, batch_size=b)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
+        f = self.fuse(batch)
+        loss, terms = self.losses(f)
+        x_cur = f["x_cur"]
+        x_fused = f["x_fused"] if f["x_fused"] is not None else self.decode(f["z_fused"])
+        x_plain = self.decode(f["z_cur"])  # baseline: no fusion
+        prev_out = self._decoded_prev(f)
+        carried, defined = carry_forward(prev_out, f["flow"], f["valid"], self.temporal_warp)
+        metrics = {
+            "loss": loss.detach(),
+            "psnr": psnr(x_fused, x_cur).mean(),
+            "psnr_plain": psnr(x_plain, x_cur).mean(),
+            # flicker against the previous decoded frame, motion-compensated: lower = steadier
+            "temporal_error": masked_l1(x_fused, carried, defined),
+            "temporal_error_plain": masked_l1(x_plain, carried, defined),
+            "alpha": f["aux"]["alpha"].detach().float(),
+        }
+        metrics.update({k: v.detach() for k, v in terms.items()})
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in metrics.items()},
+            prog_bar=False,
+            sync_dist=True,
+            batch_size=x_cur.shape[0],
+        )
+        return metrics
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int):
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int):
+        return self._eval_step(batch, "test")
+
+    def media_from_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """decode(z_prev) | decode(z_cur) | decode(z_warp) | decode(z_fused), [B, 3, H, 4W]."""
+        f = self.fuse(batch)
+        panels = [f["z_prev"], f["z_cur"], f["aux"]["z_warp"], f["z_fused"]]
+        images = [self.decode(z).clamp(-1, 1) for z in panels]
+        return {"val/prev_cur_warp_fused": torch.cat(images, dim=-1)}
+
+    # ------------------------------------------------------------------ end of fit
+    def final_state(self) -> dict[str, Any]:
+        """Alpha and a digest of the TemporalModule's state (compared across DDP ranks)."""
+        tm = self.temporal
+        return {
+            "rank": int(self.global_rank),
+            "world_size": int(self.trainer.world_size) if self._trainer else 1,
+            "global_step": int(self.trainer.global_step) if self._trainer else 0,
+            "alpha": float(tm.alpha.detach()),
+            "alpha_learned": float(torch.sigmoid(tm.alpha_param.detach())),
+            "alpha_param": float(tm.alpha_param.detach()),
+            "temporal_digest": tensor_digest(tm),
+        }
+
+    def on_fit_end(self) -> None:
+        if self.final_state_dir is None:
+            return
+        out = Path(self.final_state_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"rank{self.global_rank}_final.json"
+        path.write_text(json.dumps(self.final_state(), indent=2, sort_keys=True))
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self.save_vae_in_checkpoint:
+            state = checkpoint.get("state_dict", {})
+            for k in [k for k in state if k.startswith("vae.")]:
+                del state[k]
+        checkpoint["wavecast"] = {
+            "model": "temporal",
+            "vae_config": dict(getattr(self.vae, "config", {}) or {}),
+            "vae_ckpt": self.vae_ckpt,
+            "vae_digest": self.vae_digest,
+            "vae_in_checkpoint": self.save_vae_in_checkpoint,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("wavecast", {})
+        if meta.get("model") not in (None, "temporal"):
+            raise ConfigError(
+                f"checkpoint holds a '{meta.get('model')}' model, not the temporal model: wrong "
+                "ckpt_path or experiment"
+            )
+        ours = dict(getattr(self.vae, "config", {}) or {})
+        theirs = meta.get("vae_config") or {}
+        diff = [
+            f"model.vae.{k}: checkpoint {theirs[k]!r} vs config {ours[k]!r}"
+            for k in sorted(ours.keys() & theirs.keys())
+            if k != "gradient_checkpointing" and theirs[k] != ours[k]
+        ]
+        if diff:
+            raise ConfigError("checkpoint was trained with another WF-VAE: " + ", ".join(diff))
+        state = checkpoint.setdefault("state_dict", {})
+        if any(k.startswith("vae.") for k in state):
+            self._vae_digest = None  # the checkpoint's VAE weights replace ours
+        else:
+            # The frozen VAE was left out when saving: take the one built from the config.
+            state.update({f"vae.{k}": v for k, v in self.vae.state_dict().items()})
+            digest = meta.get("vae_digest")
+            if digest is not None and digest != self.vae_digest:
+                rank_zero_warn(
+                    "the checkpoint's TemporalModule was trained on other WF-VAE weights "
+                    f"(model.vae_ckpt then: {meta.get('vae_ckpt')!r}, now: {self.vae_ckpt!r})"
+                )
+
+
+__all__ = [
+    "TemporalFusionModule",
+    "carry_forward",
+    "load_vae_weights",
+    "masked_l1",
+    "tensor_digest",
+]
