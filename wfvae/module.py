@@ -51,6 +51,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
@@ -207,19 +208,6 @@ class WFVAEModule(pl.LightningModule):
                 f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} is not "
                 "supported by WFVAEModule (manual optimisation); raise data.batch_size instead"
             )
-        strategy = trainer.strategy
-        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None)
-        if (
-            self.discriminator is not None
-            and ddp_kwargs is not None
-            and not ddp_kwargs.get("find_unused_parameters", False)
-            and not ddp_kwargs.get("static_graph", False)
-        ):
-            raise ConfigError(
-                "the VAE-GAN under DDP leaves the discriminator without gradients in generator "
-                "steps (and the generator in discriminator steps): set "
-                "trainer.strategy.find_unused_parameters=true"
-            )
         for cb in trainer.callbacks:
             if isinstance(cb, WeightAveraging) and not _is_generator_ema(cb):
                 rank_zero_warn(
@@ -292,7 +280,7 @@ class WFVAEModule(pl.LightningModule):
             guard.check(loss, f"{name} loss", self._reduce_min)
             return None
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.manual_backward(self._with_unused_params(loss, params))
         scaler = self._grad_scaler()
         if scaler is not None:
             scaler.unscale_(opt)  # fp16: clip the true gradients; the scaler skips inf steps
@@ -311,6 +299,22 @@ class WFVAEModule(pl.LightningModule):
         # Free the gradients now: the next backward (of the other optimizer) starts from none.
         opt.zero_grad(set_to_none=True)
         return norm.detach()
+
+    def _with_unused_params(self, loss: Tensor, params: list[nn.Parameter]) -> Tensor:
+        """Under DDP, ``loss + 0 * (every other trainable parameter)``.
+
+        Each step trains one network; DDP (with the default find_unused_parameters=false)
+        expects a gradient for every parameter in every backward, so the other network gets
+        exact zeros (which its own step clears before use) instead of none. Cheaper than
+        find_unused_parameters=true, and no requires_grad toggling that DDP would not see.
+        """
+        if self._trainer is None or not isinstance(self.trainer.strategy, DDPStrategy):
+            return loss
+        used = {id(p) for p in params}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in used]
+        if not rest:
+            return loss
+        return loss + 0.0 * torch.stack([p.float().sum() for p in rest]).sum()
 
     def _disc_turn(self) -> bool:
         """Alternate schedule: the discriminator's batch once the generator is one GAN step ahead."""
