@@ -16,8 +16,9 @@ Training recipe (reference `train_ddp.py`):
   Lightning's `trainer.global_step` counts every optimizer step of both, so **`trainer.max_steps`
   is generator + discriminator steps**: with `max_steps = N > disc_start` a run takes
   `disc_start + ceil((N - disc_start) / 2)` generator steps under either schedule (logged at the
-  start of `fit`; "joint" may end one discriminator step past N). Checkpoint `every_n_train_steps`
-  and the LR scheduler (stepped per generator step) see the same counters.
+  start of `fit`; "joint" may end one discriminator step past N). Checkpoint
+  `every_n_train_steps` counts the same optimizer steps; the LR scheduler and the EMA callback
+  count generator steps.
 * Gradients are clipped here (`grad_clip`, both optimizers, the norm before clipping is logged
   as `train/grad_norm/{generator,discriminator}`); Lightning's `gradient_clip_val` does not apply
   with manual optimisation and is refused at start-up.
