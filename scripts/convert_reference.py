@@ -1,7 +1,7 @@
 """Convert a checkpoint of the published WF-VAE code into a Wavecast checkpoint.
 
-The output loads with Lightning (``{"state_dict": {"model.<key>": ...}, "hyper_parameters":
-{...}, "wavecast": {"model": "wfvae", "config": ...}}``), or with ``--plain`` is a bare
+The output loads with Lightning (``{"state_dict": {"net.<key>": ...}, "hyper_parameters":
+{...}, "wavecast": {"model": "wfvae", "net_config": ...}}``), or with ``--plain`` is a bare
 ``torch.save`` of the :class:`wfvae.WFVAE` state dict. It is written to a temporary file in the
 target folder and moved into place, so an interrupted run never leaves a partial file.
 
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import lightning
 import torch
 
+from wavecast.checkpoint_io import atomic_torch_save
 from wfvae import WFVAE
 from wfvae.reference import translate_config, unwrap_reference_checkpoint
 
@@ -51,7 +51,7 @@ def convert(
     plain: bool = False,
     prefer_ema: bool = True,
     haar_scale: str = "reference",
-    prefix: str = "model.",
+    prefix: str = "net.",
 ) -> dict[str, Any]:
     """Convert ``src`` to ``dst``; returns our model config. Raises ValueError on bad input."""
     try:
@@ -69,24 +69,15 @@ def convert(
         payload = {
             "state_dict": {f"{prefix}{k}": v for k, v in ours.items()},
             "hyper_parameters": {"net": {"_target_": "wfvae.model.WFVAE", **config}},
+            # Lightning refuses a checkpoint without its version key (eval.py / ckpt_path=...).
+            "pytorch-lightning_version": lightning.__version__,
             "wavecast": {
                 "model": "wfvae",
-                "config": config,
+                "net_config": config,
                 "source": {"file": str(src), "reference_config": translate_config(ref_config)},
             },
         }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save(payload, dst)
     return config
 
 

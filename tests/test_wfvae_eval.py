@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 
 from tests.conftest import ROOT, compose
 from tests.test_metrics import _FakeI3D
-from tests.test_wfvae_module import FIXTURE, _convert, with_lightning_version
+from tests.test_wfvae_module import FIXTURE, _convert
 from wavecast.metrics.fvd import frechet_distance, preprocess_i3d
 from wavecast.metrics.image import psnr, ssim
 from wfvae.model import WFVAE
@@ -42,8 +42,7 @@ def run_eval(
 
 
 def test_eval_py_on_converted_reference_writes_metrics_and_dataset_fvd(tmp_path, synthetic_kitti):
-    conv, config = _convert(tmp_path)
-    ckpt = with_lightning_version(conv, tmp_path / "fixture_pl.ckpt")
+    ckpt, config = _convert(tmp_path)  # the converter's output, as a user gets it
     i3d = tmp_path / "i3d_torchscript.pt"
     torch.jit.script(_FakeI3D()).save(str(i3d))
     n_test = 5

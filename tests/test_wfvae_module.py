@@ -486,14 +486,6 @@ def _convert(tmp_path: Path, plain: bool = False) -> tuple[Path, dict]:
     return out, config
 
 
-def with_lightning_version(src: Path, dst: Path) -> Path:
-    """The converted checkpoint plus the key Lightning's loader requires."""
-    state = torch.load(src, weights_only=False)
-    state["pytorch-lightning_version"] = pl.__version__
-    torch.save(state, dst)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def fixture() -> dict:
     return torch.load(require_reference(FIXTURE), weights_only=True)
@@ -523,9 +515,8 @@ def test_converted_reference_loads_for_finetuning_and_eval(tmp_path, fixture):
     assert start.opt_state == [0, 0] and start.steps == 0
     assert _close(start.weights, reference_weights, atol=0)
 
-    # eval.py path: Lightning's ckpt_path with the converted file (weights only). Lightning
-    # needs the version key, which scripts/convert_reference.py does not write yet.
-    lightning_conv = with_lightning_version(conv, tmp_path / "fixture_pl.ckpt")
+    # eval.py path: Lightning's ckpt_path with the converted file as written (weights only).
+    lightning_conv = conv
     fresh = make_module(disc=False, config=config)
     make_trainer(tmp_path).test(fresh, loader(n=1, size=32, frames=9), ckpt_path=lightning_conv)
     with torch.no_grad():
