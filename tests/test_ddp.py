@@ -26,6 +26,8 @@ def test_ddp_sim_runs_tiny_experiment(experiment, tmp_path, synthetic_kitti):
             "callbacks.rich_progress_bar=null",
         ],
         tmp_path,
+        # One thread per rank: two ranks x two threads oversubscribe the 2 cores badly.
+        threads=1,
     )
     run_dir = only_run_dir(tmp_path)
     state = torch.load(

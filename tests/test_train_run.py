@@ -14,13 +14,13 @@ from tests.conftest import ROOT
 
 
 def run_train(
-    overrides: list[str], log_dir: Path, timeout: int = 600
+    overrides: list[str], log_dir: Path, timeout: int = 600, threads: int = 2
 ) -> subprocess.CompletedProcess:
     env = dict(
         os.environ,
         WANDB_MODE="offline",
         WANDB_SILENT="true",
-        OMP_NUM_THREADS="2",
+        OMP_NUM_THREADS=str(threads),
         PYTHONUNBUFFERED="1",
     )
     cmd = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *overrides]

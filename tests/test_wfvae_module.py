@@ -548,8 +548,8 @@ def test_foreign_or_incompatible_checkpoints_are_refused_without_partial_load(tm
         return path
 
     other_model = variant("stdiff", lambda c: c["wavecast"].update(model="stdiff"))
-    other_config = variant("bc16", lambda c: c["wavecast"]["config"].update(base_channels=16))
-    key = "model.decoder.conv_out.weight"
+    other_config = variant("bc16", lambda c: c["wavecast"]["net_config"].update(base_channels=16))
+    key = "net.decoder.conv_out.weight"
     no_meta_bad_shape = variant(
         "shape",
         lambda c: (c.pop("wavecast"), c["state_dict"].update({key: torch.zeros(1, 2, 3)})),

@@ -169,10 +169,10 @@ def test_convert_script_lightning_and_plain(tmp_path: Path, fixture: dict) -> No
     assert script.main([str(src), str(dst)]) == 0
     ckpt = torch.load(dst, weights_only=True)
     assert ckpt["wavecast"]["model"] == "wfvae"
-    config = ckpt["wavecast"]["config"]
+    config = ckpt["wavecast"]["net_config"]
     model = WFVAE(**config).eval()
-    sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+    sd = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
+    assert all(k.startswith("net.") for k in ckpt["state_dict"])
     model.load_state_dict(sd, strict=True)
     recon = model.decode(fixture["posterior_mean"]).video
     assert _maxdiff(recon, fixture["recon"]) <= TOL_VIDEO
