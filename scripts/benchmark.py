@@ -8,6 +8,23 @@ Every time comes with its ceiling, measured in the same run: FLOPs (FlopCounterM
 GFLOP/s and the fraction of the machine's conv peak (one large Conv3d, fp32 and bf16
 channels-last). Each model measurement runs in a fresh process so that its peak RSS is its own.
 Reference figures (published code, same machine kind) come from shared/spec/wfvae.md.
+
+STDiff sections (only when named; shared/spec/stdiff.md has the reference figures):
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only stdiff_train stdiff_unet \
+        stdiff_quality --stdiff-threads 1 2
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only stdiff_kitti --stdiff-threads 1
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only stdiff_truncation --stdiff-threads 1
+
+stdiff_train: reduced 64 x 128 training step (batch 1, 3 -> 3, AdamW), fp32 and bf16
+channels-last, SDE adjoint on (as the reference) and off; stdiff_kitti: kitti_range 64 x 512
+step time and peak RSS minus baseline (bf16 channels-last with and without gradient
+checkpointing, fp32 with it); stdiff_unet: one kitti_range UNet evaluation per frame (the
+first of a frame and one with the SPADE modulation cached); stdiff_quality: bf16 against fp32;
+stdiff_truncation: frame-truncation speed (reduced) and quality (briefly-trained tiny models).
+On a shared machine, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning (without
+it, 2-thread runs slowed down many times when other processes took a core); the load average
+is recorded with every case.
 """
 
 from __future__ import annotations
@@ -248,6 +265,452 @@ def lightning_overhead(threads: int, steps: int = 20) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ STDiff
+# shared/spec/stdiff.md: published code, 2 CPU cores, fp32, batch 1, 3 -> 3 frames.
+STDIFF_REFERENCE = {
+    "reduced_train_step_s": 3.3,  # 261 GFLOP (FlopCounterMode), ~79 GFLOP/s
+    "reduced_train_step_s_rough": 4.0,
+    "reduced_train_gflop": 261.0,
+    "reduced_train_peak_gb": 2.0,
+    "kitti_range_train_step_s": 98.0,
+    "kitti_range_train_peak_gb": 22.3,
+    "kitti_range_unet_eval_s": 6.4,
+}
+STDIFF_SIZES = {"reduced": (64, 128), "kitti_range": (64, 512), "tiny": (16, 32)}
+
+
+def _stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: bool = False):
+    """The named STDiff configuration (seed 0); mode fp32 | fp32_cl | bf16 | bf16_cl."""
+    import torch
+
+    from stdiff import STDiff, stdiff_config
+
+    torch.manual_seed(0)
+    model = STDiff(**stdiff_config(config, tde={"adjoint": adjoint}))
+    model.unet.set_gradient_checkpointing(checkpointing)
+    if mode.endswith("_cl"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast(mode: str):
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+
+
+def stdiff_train_case(
+    config: str,
+    mode: str,
+    threads: int,
+    repeats: int,
+    adjoint: bool = True,
+    checkpointing: bool = False,
+) -> dict:
+    """One training step, batch 1, 3 -> 3 frames (forward + backward + clip + AdamW), in a
+    fresh process: time, FLOPs (FlopCounterMode on one more step), peak RSS of the timed steps
+    and the same minus the process's RSS before the model was built."""
+    import torch
+
+    _threads(threads)
+    baseline = _rss_mb()
+    model = _stdiff_model(config, mode, adjoint, checkpointing)
+    sched = model.make_scheduler()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+    h, w = STDIFF_SIZES[config]
+    g = torch.Generator().manual_seed(0)
+    vo = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
+    vp = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
+    idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+
+    def step():
+        with _autocast(mode):
+            loss, _ = model.training_loss(
+                vo, vp, idx_o, idx_p, sched, generator=torch.Generator().manual_seed(1)
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    # kitti_range: no separate warm-up (a step is a minute; oneDNN's first-call overhead is
+    # small beside it). FLOPs are counted last: FlopCounterMode raises the peak memory.
+    seconds = _timeit(step, repeats, warmup=0 if config == "kitti_range" else 1)
+    peak = _rss_mb()
+    flops = _flops(step)
+    return {
+        "config": config,
+        "mode": mode,
+        "threads": threads,
+        "adjoint": adjoint,
+        "gradient_checkpointing": checkpointing,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "time_s": seconds,
+        "gflop": flops / 1e9,
+        "gflops": flops / seconds / 1e9,
+        "peak_rss_mb": peak,
+        "baseline_rss_mb": baseline,
+        "peak_minus_baseline_mb": peak - baseline,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def stdiff_unet_eval_case(config: str, mode: str, threads: int, repeats: int) -> dict:
+    """One UNet evaluation for one frame (batch 1, no grad): the first of a frame (SPADE
+    modulation computed) and a cached one (modulation reused: every later denoising step)."""
+    import torch
+
+    _threads(threads)
+    model = _stdiff_model(config, mode).eval()
+    unet = model.unet
+    h, w = STDIFF_SIZES[config]
+    x = torch.randn(1, unet.in_channels, h, w)
+    if mode.endswith("_cl"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    m = torch.randn(1, unet.m_channels, h // 4, w // 4)
+    t = torch.tensor([500])
+
+    def first():
+        with torch.no_grad(), _autocast(mode):
+            return unet(x, t, m)
+
+    def cached():
+        with torch.no_grad(), _autocast(mode), unet.cached_motion():
+            unet(x, t, m)
+            t0 = time.perf_counter()
+            unet(x, t, m)
+            return time.perf_counter() - t0
+
+    flops_first = _flops(first)
+    with torch.no_grad(), _autocast(mode), unet.cached_motion():
+        unet(x, t, m)
+        flops_cached = _flops(lambda: unet(x, t, m))
+    t_first = _timeit(first, repeats)
+    cached()
+    t_cached = min(cached() for _ in range(repeats))
+    return {
+        "config": config,
+        "mode": mode,
+        "threads": threads,
+        "time_s": t_first,
+        "gflop": flops_first / 1e9,
+        "gflops": flops_first / t_first / 1e9,
+        "cached_motion_time_s": t_cached,
+        "cached_motion_gflop": flops_cached / 1e9,
+        "cached_motion_gflops": flops_cached / t_cached / 1e9,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def stdiff_bf16_quality(config: str, threads: int) -> dict:
+    """bf16 channels-last against our fp32 (random weights, smooth input): UNet output error
+    and the training loss / gradient agreement of one batch."""
+    import math
+
+    import torch
+
+    _threads(threads)
+    ref = _stdiff_model(config, "fp32")
+    fast = _stdiff_model(config, "bf16_cl")
+    h, w = STDIFF_SIZES[config]
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(1, 6, 1, h // 8, w // 8, generator=g) * 2 - 1
+    clip = torch.nn.functional.interpolate(low.flatten(0, 1), size=(h, w), mode="bilinear")
+    clip = clip.unflatten(0, (1, 6))
+    idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+    out = {"config": config}
+    grads = []
+    for model, mode in ((ref, "fp32"), (fast, "bf16_cl")):
+        with _autocast(mode):
+            loss, info = model.training_loss(
+                clip[:, :3],
+                clip[:, 3:],
+                idx_o,
+                idx_p,
+                model.make_scheduler(),
+                generator=torch.Generator().manual_seed(1),
+            )
+        loss.backward()
+        grads.append(
+            {
+                part: torch.cat(
+                    [p.grad.flatten().float() for p in getattr(model, part).parameters()]
+                )
+                for part in ("unet", "tde")
+            }
+        )
+        out[f"loss_{mode}"] = loss.item()
+        out[f"pred_{mode}"] = info["pred"].float()
+    err = out.pop("pred_bf16_cl") - out.pop("pred_fp32")
+    out["unet_out_max_abs_err"] = err.abs().max().item()
+    out["unet_out_rms_err"] = err.pow(2).mean().sqrt().item()
+    out["unet_out_psnr_db"] = 10 * math.log10(4.0 / max(err.pow(2).mean().item(), 1e-20))
+    for part in ("unet", "tde"):
+        a, b = grads[0][part], grads[1][part]
+        out[f"grad_cosine_{part}"] = torch.nn.functional.cosine_similarity(a, b, 0).item()
+    return out
+
+
+def _moving_patterns(n: int, t: int, h: int, w: int, generator):
+    """Synthetic clips [n, t, 1, h, w] in [-1, 1]: a few smooth sinusoids scrolling sideways
+    at a constant speed (|v| <= 1 px / frame), like the columns of a turning LiDAR scan."""
+    import math
+
+    import torch
+
+    x = torch.arange(w).float() * (2 * math.pi / w)
+    y = torch.linspace(-1, 1, h)
+    s = torch.arange(t).float()
+    out = torch.zeros(n, t, h, w)
+    for i in range(n):
+        v = (torch.rand(1, generator=generator).item() * 2 - 1) * 2 * math.pi / w
+        for _ in range(3):
+            f = float(torch.randint(1, 3, (1,), generator=generator))
+            phase, amp, tilt = torch.rand(3, generator=generator).tolist()
+            arg = f * (x[None, None] - s[:, None, None] * v) + 2 * math.pi * phase
+            out[i] += (0.3 + 0.3 * amp) * torch.sin(arg + (4 * tilt - 2) * y[None, :, None])
+    return out.clamp(-1, 1).unsqueeze(2)
+
+
+def stdiff_truncation_quality(threads: int, train_steps: int, sample_steps: int = 20) -> dict:
+    """Quality cost of frame truncation on briefly-trained tiny models (3 -> 6 frames of
+    synthetic scrolling patterns): PSNR / L1 of truncated against full sampling with the same
+    seeds (DDIM, deterministic given the seed), and both against the ground truth."""
+    import math
+
+    import torch
+
+    from stdiff import STDiff, STDiffPipeline, stdiff_config
+
+    _threads(threads)
+    idx_o = torch.tensor([0.0, 1.0, 2.0])
+    idx_p = torch.arange(3.0, 9.0)
+    test = _moving_patterns(4, 9, 16, 32, torch.Generator().manual_seed(123))
+    gt = test[:, 3:]
+
+    def psnr(a, b):
+        return 10 * math.log10(4.0 / max(((a - b) ** 2).mean().item(), 1e-20))
+
+    def l1(a, b):
+        return (a - b).abs().mean().item()
+
+    variants = {
+        "autoregressive": {},
+        "non_autoregressive": {
+            "autoregressive": False,
+            "concat_observed": True,
+            "unet": {"in_channels": 4},
+        },
+    }
+    grid = [(2, 0.3), (2, 0.5), (2, 0.7), (3, 0.5)]
+    result: dict = {
+        "train_steps": train_steps,
+        "sample_steps": sample_steps,
+        "scheduler": "ddim",
+        "frames": "3 -> 6, 16 x 32, 4 clips x 2 samples",
+        "copy_last_vs_gt_psnr_db": psnr(test[:, 2:3].expand_as(gt), gt),
+    }
+    for name, overrides in variants.items():
+        torch.manual_seed(0)
+        model = STDiff(**stdiff_config("tiny", **{"tde": {"dt": 0.1}, **overrides}))
+        sched = model.make_scheduler()
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.95, 0.999))
+        g = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        for _ in range(train_steps):
+            clip = _moving_patterns(4, 9, 16, 32, g)
+            loss, _ = model.training_loss(
+                clip[:, :3], clip[:, 3:], idx_o, idx_p, sched, generator=g
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        pipe = STDiffPipeline(model.eval())
+
+        def run(pipe=pipe, **kw):
+            out = pipe(
+                test[:, :3],
+                idx_o,
+                idx_p,
+                num_inference_steps=sample_steps,
+                num_samples=2,
+                generator=torch.Generator().manual_seed(7),
+                scheduler_type="ddim",
+                **kw,
+            )
+            return out["frames"].clamp(-1, 1), out.get("truncation")
+
+        full, _ = run()
+        target = gt.unsqueeze(0).expand_as(full)
+        rows = []
+        inits = ["key_state", "previous_frame"] if name == "autoregressive" else ["interpolate"]
+        for key_every, fraction in grid:
+            for init in inits:
+                opts = {"key_every": key_every, "switch_fraction": fraction}
+                if init != "interpolate":
+                    opts["ar_init"] = init
+                frames, info = run(frame_truncation=opts)
+                key = torch.zeros(frames.shape[2], dtype=torch.bool)
+                keys = info["key_frames"] or sorted(
+                    set(range(0, frames.shape[2], key_every)) | {frames.shape[2] - 1}
+                )
+                key[keys] = True
+                rows.append(
+                    {
+                        **opts,
+                        "init": init,
+                        "ideal_speedup": info["full_evaluations"] / info["evaluations"],
+                        "psnr_vs_full_db": psnr(frames, full),
+                        "l1_vs_full": l1(frames, full),
+                        "psnr_vs_full_non_key_db": psnr(frames[:, :, ~key], full[:, :, ~key]),
+                        "psnr_vs_gt_db": psnr(frames, target),
+                    }
+                )
+        result[name] = {
+            "final_train_loss": loss.item(),
+            "train_time_s": time.perf_counter() - t0,
+            "full_vs_gt_psnr_db": psnr(full, target),
+            "full_vs_gt_l1": l1(full, target),
+            "truncated": rows,
+        }
+    return result
+
+
+def stdiff_truncation_speed(
+    config: str, mode: str, threads: int, tp: int, steps: int, options: list
+) -> dict:
+    """Wall time of sampling ``tp`` frames (batch 1, one sample, DDPM ``steps``) with and
+    without frame truncation (random weights: speed only)."""
+    import torch
+
+    from stdiff import STDiffPipeline
+
+    _threads(threads)
+    model = _stdiff_model(config, mode).eval()
+    pipe = STDiffPipeline(model)
+    h, w = STDIFF_SIZES[config]
+    vo = torch.rand(1, 3, 1, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.arange(3.0, 3.0 + tp)
+
+    def run(opts):
+        with _autocast(mode):
+            t0 = time.perf_counter()
+            out = pipe(
+                vo,
+                idx_o,
+                idx_p,
+                num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(0),
+                frame_truncation=opts,
+            )
+            return time.perf_counter() - t0, out.get("truncation")
+
+    run(None)  # warm-up (oneDNN primitives)
+    full, _ = run(None)
+    rows = [{"frame_truncation": None, "time_s": full}]
+    for opts in options:
+        seconds, info = run(opts)
+        rows.append(
+            {
+                "frame_truncation": opts,
+                "time_s": seconds,
+                "speedup": full / seconds,
+                "ideal_speedup": info["full_evaluations"] / info["evaluations"],
+            }
+        )
+    return {
+        "config": config,
+        "mode": mode,
+        "threads": threads,
+        "frames": tp,
+        "steps": steps,
+        "scheduler": "ddpm",
+        "rows": rows,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def _stdiff_ratios(row: dict, peak: dict | None) -> dict:
+    """Reference ratios and fractions of the conv peak for a training / UNet row."""
+    ref = STDIFF_REFERENCE
+    if peak:
+        key = "fp32" if row["mode"].startswith("fp32") else "bf16_channels_last"
+        row["fraction_of_conv_peak"] = row["gflops"] / peak[key]
+        row["fraction_of_fp32_conv_peak"] = row["gflops"] / peak["fp32"]
+    if "adjoint" in row and row["config"] == "reduced":
+        row["speedup_vs_reference_3.3s"] = ref["reduced_train_step_s"] / row["time_s"]
+        row["speedup_vs_reference_4s"] = ref["reduced_train_step_s_rough"] / row["time_s"]
+        # The reference's FLOP count of the same step, per our second.
+        row["reference_gflop_per_s"] = ref["reduced_train_gflop"] / row["time_s"]
+    elif "adjoint" in row and row["config"] == "kitti_range":
+        row["speedup_vs_reference_98s"] = ref["kitti_range_train_step_s"] / row["time_s"]
+        gb = row["peak_minus_baseline_mb"] / 1024
+        row["peak_minus_baseline_over_reference_22.3gb"] = gb / ref["kitti_range_train_peak_gb"]
+    elif "cached_motion_time_s" in row and row["config"] == "kitti_range":
+        row["speedup_vs_reference_6.4s"] = ref["kitti_range_unet_eval_s"] / row["time_s"]
+        row["cached_speedup_vs_reference_6.4s"] = (
+            ref["kitti_range_unet_eval_s"] / row["cached_motion_time_s"]
+        )
+    return row
+
+
+def stdiff_sections(args, want, result: dict) -> None:
+    """The ``stdiff_*`` sections (run only when named in --only)."""
+    threads = args.stdiff_threads or [args.threads]
+    peaks = {}
+    for n in threads:
+        peaks[n] = _in_process(conv_peak, n)["gflops"]
+    result["stdiff_conv_peak_gflops"] = {str(n): p for n, p in peaks.items()}
+    modes = args.stdiff_modes
+    if want("stdiff_train"):
+        rows = []
+        for n in threads:
+            for mode in modes:
+                for adjoint in (True, False):
+                    r = _in_process(
+                        stdiff_train_case, "reduced", mode, n, args.repeats, adjoint=adjoint
+                    )
+                    rows.append(_stdiff_ratios(r, peaks[n]))
+                    print(json.dumps(r), file=sys.stderr)
+        result["stdiff_train_reduced"] = rows
+    if want("stdiff_kitti"):
+        rows = []
+        n = threads[0]
+        cases = [("bf16_cl", False), ("bf16_cl", True), ("fp32", True)]
+        for mode, ckpt in cases:
+            if mode not in modes:
+                continue
+            r = _in_process(
+                stdiff_train_case, "kitti_range", mode, n, 1, adjoint=True, checkpointing=ckpt
+            )
+            rows.append(_stdiff_ratios(r, peaks[n]))
+            print(json.dumps(r), file=sys.stderr)
+        result["stdiff_train_kitti_range"] = rows
+    if want("stdiff_unet"):
+        rows = []
+        for mode in modes:
+            r = _in_process(stdiff_unet_eval_case, "kitti_range", mode, threads[0], args.repeats)
+            rows.append(_stdiff_ratios(r, peaks[threads[0]]))
+            print(json.dumps(r), file=sys.stderr)
+        result["stdiff_unet_eval_kitti_range"] = rows
+    if want("stdiff_quality"):
+        result["stdiff_bf16_quality"] = _in_process(stdiff_bf16_quality, "reduced", threads[0])
+    if want("stdiff_truncation"):
+        opts = [
+            {"key_every": 2, "switch_fraction": 0.5},
+            {"key_every": 2, "switch_fraction": 0.7},
+            {"key_every": 3, "switch_fraction": 0.5},
+        ]
+        result["stdiff_truncation_speed"] = [
+            _in_process(stdiff_truncation_speed, "reduced", mode, threads[0], 6, 50, opts)
+            for mode in modes
+        ]
+        result["stdiff_truncation_quality"] = _in_process(
+            stdiff_truncation_quality, threads[0], args.stdiff_train_steps
+        )
+
+
 def _in_process(fn, *args, **kwargs) -> dict:
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
@@ -267,10 +730,22 @@ def main() -> None:
         "--only",
         nargs="+",
         default=None,
-        help="subset of: conv_peak wfvae wfvae_quality wfvae_chunked lightning",
+        help="subset of: conv_peak wfvae wfvae_quality wfvae_chunked lightning; STDiff (only "
+        "when named): stdiff_train stdiff_kitti stdiff_unet stdiff_quality stdiff_truncation",
     )
+    p.add_argument(
+        "--stdiff-threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="thread counts for the STDiff sections (default --threads; kitti / unet / "
+        "truncation use the first)",
+    )
+    p.add_argument("--stdiff-modes", nargs="+", default=["fp32", "bf16_cl"])
+    p.add_argument("--stdiff-train-steps", type=int, default=400)
     args = p.parse_args()
     want = lambda k: args.only is None or k in args.only  # noqa: E731
+    stdiff = [k for k in (args.only or []) if k.startswith("stdiff_")]
 
     import torch
 
@@ -280,6 +755,8 @@ def main() -> None:
             "threads": args.threads,
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "loadavg_at_start": os.getloadavg(),
         },
     }
     peak = None
@@ -331,6 +808,9 @@ def main() -> None:
         result["wfvae_chunked_decode"] = rows
     if want("lightning"):
         result["lightning_overhead"] = _in_process(lightning_overhead, args.threads)
+    if stdiff:
+        stdiff_sections(args, lambda k: k in stdiff, result)
+    result["machine"]["loadavg_at_end"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 
 

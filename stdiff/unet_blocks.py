@@ -10,6 +10,7 @@ its current Attention uses other parameter names (to_q/to_k/to_v/to_out) than th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +21,33 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from stdiff.spade import SPADE
+
+#: ``processor(attention_block, q, k, v, (height, width)) -> out``; q, k, v, out
+#: ``[B, heads, H*W, head_dim]``. Replaces the plain SDPA of an :class:`AttentionBlock`.
+AttnProcessor = Callable[["AttentionBlock", Tensor, Tensor, Tensor, tuple[int, int]], Tensor]
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def group_norm(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` computed in float32 for bf16 / fp16 input.
+
+    The CPU bf16 group-norm kernels are several times slower than float32 (channels-last most
+    of all; measured for scripts/benchmark.py) and round the statistics; autocast leaves group
+    norm in the input dtype, and the next conv casts back.
+    """
+    if x.dtype in _LOW_PRECISION:
+        x = x.float()
+    return norm(x)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """SDPA of ``q, k, v [B, heads, L, d]``; in float32 when training with heads narrower than 64
+    under autocast, where the CPU bf16 flash-attention backward is slower than float32's."""
+    if q.dtype in _LOW_PRECISION and q.shape[-1] < 64 and torch.is_grad_enabled():
+        with torch.autocast(q.device.type, enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def _run(module: nn.Module, use_checkpoint: bool, *args: Any) -> Tensor:
@@ -61,10 +89,10 @@ class ResnetBlock2D(nn.Module):
         self.output_scale_factor = output_scale_factor
 
     def forward(self, x: Tensor, temb: Tensor, m: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(F.silu(group_norm(self.norm1, x)))
         h = self.motion_cond_layer(h, m)
         h = h + self.time_emb_proj(temb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(F.silu(group_norm(self.norm2, h))))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = skip + h
         if self.output_scale_factor != 1.0:
@@ -102,16 +130,20 @@ class AttentionBlock(nn.Module):
         self.value = nn.Linear(channels, channels)
         self.proj_attn = nn.Linear(channels, channels)
         self.rescale_output_factor = rescale_output_factor
+        self.processor: AttnProcessor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, height, width = x.shape
-        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # [B, L, C]
+        tokens = group_norm(self.group_norm, x).flatten(2).transpose(1, 2)  # [B, L, C]
         # One GEMM for q, k and v (the three linears keep their own checkpoint names).
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(tokens, weight, bias).unflatten(-1, (3, self.num_heads, -1))
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, L, d]
-        out = F.scaled_dot_product_attention(q, k, v)
+        if self.processor is None:
+            out = attention(q, k, v)
+        else:
+            out = self.processor(self, q, k, v, (height, width))
         out = self.proj_attn(out.transpose(1, 2).flatten(2))  # [B, L, C]
         out = out.transpose(1, 2).unflatten(2, (height, width)) + x
         if self.rescale_output_factor != 1.0:

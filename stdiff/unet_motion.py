@@ -21,11 +21,14 @@ from torch import Tensor, nn
 
 from stdiff.spade import SPADE, resize_motion
 from stdiff.unet_blocks import (
+    AttentionBlock,
     AttnDownBlock2D,
+    AttnProcessor,
     AttnUpBlock2D,
     DownBlock2D,
     UNetMidBlock2D,
     UpBlock2D,
+    group_norm,
 )
 
 _DOWN = {"DownBlock2D": DownBlock2D, "AttnDownBlock2D": AttnDownBlock2D}
@@ -162,6 +165,31 @@ class UNet2DMotionCond(nn.Module):
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             block.gradient_checkpointing = enabled
 
+    def attention_blocks(self) -> list[tuple[str, AttentionBlock]]:
+        """``(name, block)`` of every self-attention block, in forward order."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, AttentionBlock)]
+
+    def set_attn_processor(
+        self, processor: AttnProcessor | dict[str, AttnProcessor | None] | None
+    ) -> dict[str, AttnProcessor | None]:
+        """Set the attention processor of every attention block (one for all, or a dict by
+        block name as :meth:`attention_blocks` names them; None = plain SDPA). Returns the
+        previous processors as such a dict (pass it back to restore them)."""
+        blocks = dict(self.attention_blocks())
+        if isinstance(processor, dict):
+            unknown = sorted(set(processor) - set(blocks))
+            if unknown:
+                raise ValueError(
+                    f"UNet2DMotionCond.set_attn_processor: no attention block {unknown}"
+                )
+            chosen = processor
+        else:
+            chosen = dict.fromkeys(blocks, processor)
+        before = {name: blocks[name].processor for name in chosen}
+        for name, proc in chosen.items():
+            blocks[name].processor = proc
+        return before
+
     def _spades(self) -> Iterator[SPADE]:
         return (m for m in self.modules() if isinstance(m, SPADE))
 
@@ -214,7 +242,11 @@ class UNet2DMotionCond(nn.Module):
         emb = self.time_embedding(self.time_proj(t).to(self.conv_in.weight.dtype))
         temb = F.silu(emb)  # every ResNet projects SiLU(emb); activate once
 
-        # Resize the motion map once per resolution (outside any checkpointed block).
+        # Resize the motion map once per resolution (outside any checkpointed block), cast
+        # once to the autocast dtype (nearest resizing commutes with the cast) rather than in
+        # each of the level's SPADE convs.
+        if torch.is_autocast_enabled(m_feat.device.type):
+            m_feat = m_feat.to(torch.get_autocast_dtype(m_feat.device.type))
         resized: dict[tuple[int, int], Tensor] = {}
 
         def motion_at(x: Tensor) -> Tensor:
@@ -234,4 +266,4 @@ class UNet2DMotionCond(nn.Module):
             res, skips = skips[-n:], skips[:-n]
             size = (skips[-1].shape[-2], skips[-1].shape[-1]) if skips else None
             x = block(x, res, temb, motion_at(x), upsample_size=size)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(F.silu(group_norm(self.conv_norm_out, x)))
