@@ -6,9 +6,9 @@ times, then for every future frame run a full denoising loop with a *fresh* sche
 conditioned on that time's motion feature and (autoregressive) the previous prediction.
 K stochastic futures are batched along the batch dimension (index ``k * N + n``). Long horizons
 roll out in chunks, re-encoding the context from the last To frames (predictions included).
-All randomness (Brownian entropy, initial noise, DDPM variance noise) comes from ``generator``;
-every frame's initial noise is drawn in frame order whatever the options, so runs with and
-without frame truncation share their motion and noise.
+All randomness (Brownian entropy, initial noise, DDPM variance noise) comes from ``generator``.
+Frame truncation draws the same motion and initial noise as full sampling, so with a
+deterministic sampler (DDIM) and the same seed the two differ by the truncation alone.
 
 Two sampling options (both off by default, and then sampling is unchanged bit for bit):
 
@@ -24,14 +24,13 @@ last) and a switch step ``s = round(f * steps)``:
   denoised to the end. Key and non-key frames have their own scheduler (so multistep solvers
   keep a consistent history). The schedule is built per chunk.
 - autoregressive models: frame j needs frame j-1's prediction, so no later key frame exists
-  to interpolate from. Key frames (every k-th, :func:`autoregressive_truncation_schedule`)
-  run all steps; a non-key frame runs only the steps from
-  ``s`` on, starting from ``ar_init``: ``"previous_frame"`` (default) the previous prediction
-  noised to step s (SDEdit-style, with the frame's own noise draw), or ``"key_state"`` the
-  state ``x_s`` of the latest key frame's own loop (the shared early trajectory of the
-  continuity study). On briefly-trained tiny models "previous_frame" stays closer to full
-  sampling (scripts/benchmark.py --only stdiff_truncation). The schedule spans all ``Tp``
-  frames.
+  to interpolate from. Key frames (every k-th: :func:`autoregressive_truncation_schedule`,
+  over all ``Tp`` frames) run all steps; a non-key frame runs only the steps from ``s`` on,
+  starting from ``ar_init``: ``"previous_frame"`` (default) the previous prediction noised to
+  step s (SDEdit-style, with the frame's own noise draw), or ``"key_state"`` the state
+  ``x_s`` of the latest key frame's own loop (the early trajectory shared, as the continuity
+  study suggests). On briefly-trained tiny models "previous_frame" stays closer to full
+  sampling (scripts/benchmark.py --only stdiff_truncation).
 
 **Flow-guided cross-frame attention** (``cross_frame_attention=CrossFrameMemory(...)`` or a
 dict of its kwargs plus ``flow_method``): every UNet attention block gets a processor that
@@ -445,7 +444,7 @@ class STDiffPipeline:
                     context, ts, generator=generator, drift_only=drift_only
                 )
                 if trunc is not None and not model.autoregressive:
-                    chunk, n_eval = self._truncated_chunk(
+                    batched, n_eval = self._truncated_chunk(
                         context_frames,
                         m_chunk,
                         trunc,
@@ -459,10 +458,10 @@ class STDiffPipeline:
                         dtype,
                     )
                     evaluations += n_eval
-                    frames += chunk
+                    frames += batched
                     motions.append(m_chunk)
                     history, history_t = self._feed_back(
-                        history, history_t, chunk, times, super_res
+                        history, history_t, batched, times, super_res
                     )
                     continue
                 chunk: list[Tensor] = []
@@ -616,7 +615,10 @@ class STDiffPipeline:
 
     @staticmethod
     def _flow(a: Tensor, b: Tensor, method: str) -> Tensor:
-        """Flow a -> b, ``[B, 2, H, W]`` pixels, from the first channel of frames in [-1, 1]."""
-        from temporal.flow import estimate_flow
+        """Flow a -> b, ``[B, 2, H, W]`` pixels, between frames in [-1, 1] (grey or RGB; of
+        other channel counts the first channel)."""
+        from temporal.flow import estimate_flow  # OpenCV: imported when the option is used
 
-        return estimate_flow(a[:, :1].float(), b[:, :1].float(), method=method, value_range=(-1, 1))
+        if a.shape[1] not in (1, 3):
+            a, b = a[:, :1], b[:, :1]
+        return estimate_flow(a.float(), b.float(), method=method, value_range=(-1, 1))

@@ -135,3 +135,15 @@ def test_chunk_argument_errors(model: WFVAE) -> None:
     )
     with pytest.raises(ValueError, match="layernorm"):
         gn.encode(x, chunk_size=4)
+
+
+def test_short_chunks_stay_on_onednn(model: WFVAE) -> None:
+    """Batch-1 fp32 chunks of 1-2 latent frames are small enough for PyTorch's heuristic to
+    pick its slow im2col conv3d; our causal convs must keep oneDNN (same kernel as the full
+    pass), which is what keeps chunked decode as fast as a full one."""
+    z = torch.randn(1, model.latent_dim, 5, 4, 4)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        model.decode(z, chunk_size=1)
+    names = {e.name for e in prof.events()}
+    assert "aten::mkldnn_convolution" in names
+    assert "aten::slow_conv3d_forward" not in names
