@@ -113,9 +113,7 @@ def test_trivial_truncation_is_full_sampling():
     model = nar().double()
     pipe = STDiffPipeline(model)
     full = sample(pipe, vo.double())
-    batched = sample(
-        pipe, vo.double(), frame_truncation={"key_every": 2, "switch_fraction": 0.0}
-    )
+    batched = sample(pipe, vo.double(), frame_truncation={"key_every": 2, "switch_fraction": 0.0})
     assert batched["frames"].dtype == torch.float64
     assert torch.allclose(batched["frames"], full["frames"], atol=1e-9)
 
