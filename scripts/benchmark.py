@@ -3,11 +3,15 @@
     python scripts/benchmark.py                 # conv peak, WF-VAE 17x128^2 (bc64 + L), Lightning overhead
     python scripts/benchmark.py --large         # adds 33x256^2
     python scripts/benchmark.py --only conv_peak wfvae_chunked
+    python scripts/benchmark.py --large --reference-wfvae /path/to/WF-VAE   # + the published code
 
 Every time comes with its ceiling, measured in the same run: FLOPs (FlopCounterMode), achieved
 GFLOP/s and the fraction of the machine's conv peak (one large Conv3d, fp32 and bf16
 channels-last). Each model measurement runs in a fresh process so that its peak RSS is its own.
-Reference figures (published code, same machine kind) come from shared/spec/wfvae.md.
+Reference figures (published code, same machine kind) come from shared/spec/wfvae.md; with
+``--reference-wfvae DIR`` (a checkout of PKU-YuanGroup/WF-VAE) the published code is also timed
+in the same run, on the same machine, which is the ratio to trust (machines of one kind differ
+by 20 % or more in their conv peak).
 
 STDiff sections (only when named; shared/spec/stdiff.md has the reference figures):
 
@@ -52,6 +56,7 @@ REFERENCE = {
     ("bc64", "33x256", "encode"): 2.9,
     ("bc64", "33x256", "decode"): 11.3,
 }
+OPS = ("encode", "decode")
 REFERENCE_PEAK_GB = {("wfvae_l_16ch", "33x256"): (2.5, 4.1), ("bc64", "33x256"): (0.9, 1.3)}
 
 
@@ -63,6 +68,36 @@ def _threads(n: int) -> None:
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _start_peak_window() -> float:
+    """Reset this process's peak-RSS mark (Linux ``clear_refs`` 5) and return the RSS now, so
+    that :func:`_window_peak_mb` gives the peak of what runs in between (not, e.g., of the
+    encode that made a decode's input). Falls back to the lifetime peak elsewhere."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return _rss_mb()
+    return _proc_status_mb("VmRSS") or _rss_mb()
+
+
+def _window_peak_mb() -> float:
+    return _proc_status_mb("VmHWM") or _rss_mb()
 
 
 def _timeit(fn, repeats: int, warmup: int = 1) -> float:
@@ -140,9 +175,9 @@ def wfvae_case(
                 return model.encode(x, chunk_size=chunk).posterior.mode()
             return model.decode(z, chunk_size=chunk).video
 
-    base = _rss_mb()
+    base = _start_peak_window()
     seconds = _timeit(run, repeats)
-    peak = _rss_mb()
+    peak = _window_peak_mb()
     flops = _flops(run)
     return {
         "model": name,
@@ -153,6 +188,70 @@ def wfvae_case(
         "time_s": seconds,
         "gflop": flops / 1e9,
         "gflops": flops / seconds / 1e9,
+        "peak_rss_mb": peak,
+        "op_rss_mb": peak - base,
+    }
+
+
+def reference_wfvae_case(
+    repo: str,
+    name: str,
+    frames: int,
+    size: int,
+    op: str,
+    mode: str,
+    threads: int,
+    repeats: int,
+    tiled: bool = False,
+) -> dict:
+    """The published WF-VAE code (a local checkout given by ``--reference-wfvae``, never part
+    of this project), same architecture, input and process setup as :func:`wfvae_case`.
+
+    mode fp32 | bf16 (autocast, as the spec's "reference under bf16 autocast" column);
+    ``tiled``: its own chunked decode (``enable_tiling``, chunk size chosen by the reference).
+    """
+    import contextlib
+    import io
+
+    import torch
+
+    sys.path.insert(0, repo)
+    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
+
+    # The reference prints shapes and chunk choices on every call: keep stdout JSON only.
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    quiet.__enter__()
+
+    from wfvae.model import wfvae_config
+    from wfvae.reference import reference_config
+
+    _threads(threads)
+    torch.manual_seed(0)
+    model = WFVAEModel(**reference_config(wfvae_config(name))).eval()
+    x = torch.rand(1, 3, frames, size, size) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x).latent_dist.mode()
+    if tiled:
+        model.enable_tiling()
+
+    def run():
+        model.temporal_size = None  # the reference locks the first length it sees
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
+            if op == "encode":
+                return model.encode(x).latent_dist.mode()
+            return model.decode(z).sample
+
+    base = _start_peak_window()
+    seconds = _timeit(run, repeats)
+    peak = _window_peak_mb()
+    return {
+        "model": name,
+        "shape": f"{frames}x{size}",
+        "op": op,
+        "mode": mode,
+        "implementation": "reference",
+        "tiled": tiled,
+        "time_s": seconds,
         "peak_rss_mb": peak,
         "op_rss_mb": peak - base,
     }
@@ -729,6 +828,13 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["fp32", "bf16_cl"])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument(
+        "--reference-wfvae",
+        metavar="DIR",
+        default=None,
+        help="a local checkout of PKU-YuanGroup/WF-VAE (not part of this project): also time "
+        "the published code in the same run, same architecture and input",
+    )
+    p.add_argument(
         "--only",
         nargs="+",
         default=None,
@@ -771,47 +877,114 @@ def main() -> None:
         result["conv_peak"] = _in_process(conv_peak, args.threads)
         peak = result["conv_peak"]["gflops"]
     shapes = [(17, 128)] + ([(33, 256)] if args.large else [])
+    ref_repo = args.reference_wfvae
+
+    def reference(name, frames, size, op, mode, tiled=False, repeats=args.repeats):
+        r = _in_process(
+            reference_wfvae_case,
+            ref_repo,
+            name,
+            frames,
+            size,
+            op,
+            mode,
+            args.threads,
+            repeats,
+            tiled,
+        )
+        print(json.dumps(r), file=sys.stderr)
+        return r
+
     if want("wfvae"):
-        rows = []
+        rows, ref_rows, summary = [], [], []
         for name in args.models:
             for frames, size in shapes:
+                shape = f"{frames}x{size}"
+                ours: dict = {}
+                refs: dict = {}
                 for op in ("encode", "decode"):
+                    if ref_repo:
+                        for mode in ["fp32"] + (["bf16"] if args.modes != ["fp32"] else []):
+                            refs[op, mode] = reference(name, frames, size, op, mode)
+                            ref_rows.append(refs[op, mode])
                     for mode in args.modes:
                         r = _in_process(
                             wfvae_case, name, frames, size, op, mode, args.threads, args.repeats
                         )
                         ref = REFERENCE.get((name, r["shape"], op))
                         if ref:
-                            r["reference_time_s"] = ref
-                            r["speedup_vs_reference"] = ref / r["time_s"]
+                            r["spec_reference_time_s"] = ref
+                            r["speedup_vs_spec_reference"] = ref / r["time_s"]
+                        for ref_mode in ("fp32", "bf16"):
+                            if (op, ref_mode) in refs:
+                                same = refs[op, ref_mode]
+                                r[f"speedup_vs_reference_{ref_mode}"] = same["time_s"] / r["time_s"]
                         if peak:
                             key = "fp32" if mode == "fp32" else "bf16_channels_last"
                             r["fraction_of_conv_peak"] = r["gflops"] / peak[key]
                             r["fraction_of_fp32_conv_peak"] = r["gflops"] / peak["fp32"]
                         print(json.dumps(r), file=sys.stderr)
                         rows.append(r)
+                        ours[op, mode] = r
+                for mode in args.modes:
+                    row = {
+                        "model": name,
+                        "shape": shape,
+                        "mode": mode,
+                        "encode_plus_decode_s": ours["encode", mode]["time_s"]
+                        + ours["decode", mode]["time_s"],
+                        "peak_rss_mb": max(ours[op, mode]["peak_rss_mb"] for op in OPS),
+                    }
+                    spec = [REFERENCE.get((name, shape, op)) for op in OPS]
+                    if all(spec):
+                        row["speedup_vs_spec_reference"] = sum(spec) / row["encode_plus_decode_s"]
+                    if (name, shape) in REFERENCE_PEAK_GB:
+                        row["spec_reference_peak_gb"] = REFERENCE_PEAK_GB[name, shape]
+                    for ref_mode in ("fp32", "bf16"):
+                        if ("encode", ref_mode) in refs:
+                            ref_s = sum(refs[op, ref_mode]["time_s"] for op in OPS)
+                            row[f"reference_{ref_mode}_encode_plus_decode_s"] = ref_s
+                            row[f"speedup_vs_reference_{ref_mode}"] = (
+                                ref_s / row["encode_plus_decode_s"]
+                            )
+                            row[f"reference_{ref_mode}_peak_rss_mb"] = max(
+                                refs[op, ref_mode]["peak_rss_mb"] for op in OPS
+                            )
+                    summary.append(row)
         result["wfvae"] = rows
+        result["wfvae_summary"] = summary
+        if ref_rows:
+            result["wfvae_reference"] = ref_rows
     if want("wfvae_quality"):
         result["wfvae_quality"] = [
             _in_process(wfvae_quality, name, 17, 128, args.threads) for name in args.models
         ]
     if want("wfvae_chunked"):
+        # Chunks of 2 latent frames: what the reference picks for these lengths. Memory is the
+        # process's peak RSS growth during the call (output video included).
         rows = []
-        for frames in (33, 65):
-            full = _in_process(wfvae_case, "bc64", frames, 128, "decode", "fp32", args.threads, 1)
-            chunk = _in_process(
-                wfvae_case, "bc64", frames, 128, "decode", "fp32", args.threads, 1, 2
-            )
-            rows.append(
-                {
-                    "frames": frames,
-                    "full_s": full["time_s"],
-                    "chunked_s": chunk["time_s"],
-                    "chunked_over_full": chunk["time_s"] / full["time_s"],
-                    "full_op_rss_mb": full["op_rss_mb"],
-                    "chunked_op_rss_mb": chunk["op_rss_mb"],
-                }
-            )
+        for frames in (33, 65, 129):
+            case = (wfvae_case, "bc64", frames, 128, "decode", "fp32", args.threads, args.repeats)
+            full = _in_process(*case)
+            chunk = _in_process(*case, 2)
+            row = {
+                "frames": frames,
+                "full_s": full["time_s"],
+                "chunked_s": chunk["time_s"],
+                "chunked_over_full": chunk["time_s"] / full["time_s"],
+                "full_op_rss_mb": full["op_rss_mb"],
+                "chunked_op_rss_mb": chunk["op_rss_mb"],
+                "output_mb": 3 * frames * 128 * 128 * 4 / 2**20,
+            }
+            if ref_repo and frames <= 65:
+                ref_full = reference("bc64", frames, 128, "decode", "fp32")
+                ref_tiled = reference("bc64", frames, 128, "decode", "fp32", tiled=True)
+                row["reference_full_s"] = ref_full["time_s"]
+                row["reference_chunked_s"] = ref_tiled["time_s"]
+                row["reference_chunked_over_full"] = ref_tiled["time_s"] / ref_full["time_s"]
+                row["reference_chunked_op_rss_mb"] = ref_tiled["op_rss_mb"]
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
         result["wfvae_chunked_decode"] = rows
     if want("lightning"):
         result["lightning_overhead"] = _in_process(lightning_overhead, args.threads)

@@ -12,7 +12,9 @@ import torch
 from tests.conftest import REFERENCE_DIR, require_reference
 from wfvae import WFVAE
 from wfvae.reference import (
+    REFERENCE_DEFAULTS,
     convert_reference_state_dict,
+    reference_config,
     reference_haar_entries,
     translate_config,
 )
@@ -149,6 +151,25 @@ def test_wfvae_l_keys_and_parameter_counts() -> None:
     n_dec = sum(p.numel() for p in model.decoder.parameters())
     assert n_enc == info["n_params_encoder_trainable"] == 84_586_912
     assert n_dec == info["n_params_decoder_trainable"] == 232_494_332
+
+
+def test_reference_config_inverts_translate_config(fixture: dict) -> None:
+    """Our presets name the published architectures: wfvae_l_16ch gives the released L config."""
+    from wfvae import wfvae_config
+
+    def ref_arch(cfg: dict) -> dict:
+        full = {**REFERENCE_DEFAULTS, **cfg}
+        return {k: full[k] for k in REFERENCE_DEFAULTS if k not in ("scale", "shift")}
+
+    tiny = json.loads(fixture["config"])
+    assert reference_config(translate_config(tiny)) == ref_arch(tiny)
+    path = REF_DIR / "wfvae_l_keys.json"
+    if not path.exists():
+        require_reference(path)
+    released = json.loads(path.read_text())["config"]
+    assert reference_config(wfvae_config("wfvae_l_16ch")) == ref_arch(released)
+    with pytest.raises(ValueError, match="base_channels"):
+        reference_config({"latent_dim": 4})
 
 
 def _convert_script():

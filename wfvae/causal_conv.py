@@ -57,6 +57,23 @@ def conv3d(
 _MKLDNN = torch.backends.mkldnn.is_available()
 
 
+def _count_mkldnn_convolution_flops() -> None:
+    # FlopCounterMode knows aten.convolution, not the oneDNN op that conv3d() calls directly:
+    # without this, FLOP counts (scripts/benchmark.py, users' profiling) would miss our convs.
+    from torch.utils import flop_counter
+
+    op = torch.ops.aten.mkldnn_convolution
+    if op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+_count_mkldnn_convolution_flops()
+
+
 class ChunkCache:
     """State of one chunked encode or decode call, shared by all modules of the network.
 

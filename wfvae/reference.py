@@ -113,6 +113,21 @@ def translate_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def reference_config(config: dict[str, Any]) -> dict[str, Any]:
+    """:class:`WFVAE` kwargs (e.g. ``wfvae_config("bc64")``) -> reference ``WFVAEModel`` kwargs.
+
+    The inverse of :func:`translate_config` for the architecture keys (``haar_scale`` and other
+    options of ours that the reference lacks are dropped); used to build the published model
+    with the same architecture, e.g. to time it beside ours (``scripts/benchmark.py``).
+    """
+    missing = [k for k in _PASSED_THROUGH if k not in config and k != "dropout"]
+    if missing:
+        raise ValueError(f"WFVAE config lacks {missing} (needed for the reference kwargs)")
+    out = {k: v for k, v in REFERENCE_DEFAULTS.items() if k not in _UNUSED}
+    out.update({k: config[k] for k in _PASSED_THROUGH if k in config})
+    return out
+
+
 def _res_block(ref: str, ours: str, norm: str, conv: str) -> dict[str, str]:
     m = {f"{ref}norm1{norm}": f"{ours}norm1", f"{ref}norm2{norm}": f"{ours}norm2"}
     for name in ("conv1", "conv2", "nin_shortcut"):
