@@ -404,7 +404,7 @@ def _stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: b
     model = STDiff(**stdiff_config(config, tde={"adjoint": adjoint}))
     model.unet.set_gradient_checkpointing(checkpointing)
     if mode.endswith("_cl"):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to_channels_last()
     return model
 
 

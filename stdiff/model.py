@@ -131,6 +131,17 @@ class STDiff(nn.Module):
             )
         self.scheduler_config = normalize_scheduler_config(scheduler_config)
 
+    def to_channels_last(self) -> STDiff:
+        """Channels-last weights for the convolutional nets (faster on CPU, with bf16 most),
+        except the motion SDE's drift / diffusion nets: they run on the solver's flat state,
+        which is contiguous, and mixed formats in their many small convs (forward and adjoint)
+        made a reduced-config training step 1.6x slower. Returns ``self``."""
+        sde = self.tde.motion_sde
+        for module in self.children():
+            module.to(memory_format=torch.channels_last)
+        sde.to(memory_format=torch.contiguous_format)
+        return self
+
     # ------------------------------------------------------------------ scheduler
     def get_extra_state(self) -> dict[str, Any]:
         return {"scheduler_config": copy.deepcopy(self.scheduler_config)}

@@ -98,6 +98,7 @@ class STDiffModule(pl.LightningModule):
         time_step: model time between consecutive frames (observed at ``time_step * i``).
         max_nonfinite_skips: consecutive non-finite steps tolerated (None = never stop).
         gradient_checkpointing: recompute UNet blocks in backward.
+        channels_last: channels-last weights (:meth:`STDiff.to_channels_last`), faster on CPU.
         val_sample_every_n_epochs: sample validation sequences every N epochs (None/0 = never).
         val_sample_batches, val_num_inference_steps, val_num_samples: how much to sample then
             (with `scheduler_type`).
@@ -126,6 +127,7 @@ class STDiffModule(pl.LightningModule):
         time_step: float = 1.0,
         max_nonfinite_skips: int | None = 20,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
         val_sample_every_n_epochs: int | None = 1,
         val_sample_batches: int = 1,
         val_num_inference_steps: int = 50,
@@ -180,6 +182,8 @@ class STDiffModule(pl.LightningModule):
         self.guard = NonFiniteGuard(max_nonfinite_skips)
         if gradient_checkpointing:
             self.net.unet.set_gradient_checkpointing(True)
+        if channels_last:
+            self.net.to_channels_last()
         self.val_sample_every_n_epochs = val_sample_every_n_epochs
         self.val_sample_batches = int(val_sample_batches)
         self.val_num_inference_steps = int(val_num_inference_steps)

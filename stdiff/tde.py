@@ -175,9 +175,16 @@ class TemporalDynamicsEncoder(nn.Module):
             dt_min=self.dt_min,
             bm=bm,
         )
+        # The SDE runs in fp32 even under bf16 autocast: its nets are small (the casts of
+        # every solver step cost more than bf16 saves) and the Brownian increments are fp32.
+        with torch.autocast(y0.device.type, enabled=False):
+            ys = self._solve(sde, state, ts, drift_only, kwargs)
+        return ys[1:].reshape(ts.numel() - 1, *y0.shape).to(y0.dtype)
+
+    def _solve(self, sde, state: Tensor, ts: Tensor, drift_only: bool, kwargs: dict) -> Tensor:
         if self.adjoint:
             nets = self.motion_sde.drift if drift_only else self.motion_sde
-            ys = torchsde.sdeint_adjoint(
+            return torchsde.sdeint_adjoint(
                 sde,
                 state,
                 ts,
@@ -185,9 +192,7 @@ class TemporalDynamicsEncoder(nn.Module):
                 adjoint_params=tuple(nets.parameters()),
                 **kwargs,
             )
-        else:
-            ys = torchsde.sdeint(sde, state, ts, **kwargs)
-        return ys[1:].reshape(ts.numel() - 1, *y0.shape).to(y0.dtype)
+        return torchsde.sdeint(sde, state, ts, **kwargs)
 
     def future_predict(
         self,

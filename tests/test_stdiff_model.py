@@ -401,3 +401,47 @@ def test_bf16_autocast_training_step_is_finite():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_channels_last_model_keeps_the_sde_nets_contiguous_and_the_loss():
+    model = tiny(tde={"dt": 0.5})
+    perturb(model, 0.02)
+    args = (
+        clip(seed=1),
+        clip(seed=2),
+        IDX_O,
+        torch.tensor([3.0, 4.0, 5.0]),
+        model.make_scheduler(),
+    )
+
+    def loss_of(m):
+        return m.training_loss(*args, generator=torch.Generator().manual_seed(3))[0]
+
+    with torch.no_grad():
+        ref = loss_of(model)
+        model.to_channels_last()
+        got = loss_of(model)
+    conv_in = next(m for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv_in.weight.shape[-1] > 1 and not conv_in.weight.is_contiguous()
+    for p in model.tde.motion_sde.parameters():
+        assert p.is_contiguous()
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_sde_integrates_in_fp32_under_bf16_autocast():
+    """The motion SDE ignores autocast: the same path with and without it, to the bit."""
+    model = tiny(tde={"dt": 0.5})
+    perturb(model.tde, 0.05)
+    y0 = torch.randn(2, model.tde.motion_channels, 4, 8)
+    ts = torch.tensor([2.0, 3.0, 4.0])
+
+    def path():
+        return model.tde.integrate(y0, ts, generator=torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        plain = path()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = path()
+    assert autocast.dtype == torch.float32
+    assert torch.equal(plain, autocast)
