@@ -180,3 +180,20 @@ def test_configs() -> None:
     with pytest.raises(ValueError, match="unknown WF-VAE config"):
         wfvae_config("huge")
     assert wfvae_config("tiny", latent_dim=2)["latent_dim"] == 2
+
+
+def test_bf16_weights_inference_with_chunks() -> None:
+    """The low-memory inference recipe of the README: bf16 weights and input, channels-last."""
+    model = _tiny().eval()
+    x = torch.tanh(torch.randn(1, 3, 9, 32, 32))
+    with torch.no_grad():
+        ref = model(x, sample_posterior=False).recon
+        fast = model.to(memory_format=torch.channels_last_3d).to(torch.bfloat16)
+        xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        z = fast.encode(xb).posterior.mode()
+        recon = fast.decode(z).video
+        chunked = fast.decode(fast.encode(xb, chunk_size=4).posterior.mode(), chunk_size=1).video
+    assert recon.shape == chunked.shape == x.shape
+    rel = (recon.float() - ref).norm() / ref.norm()
+    assert rel < 0.05, rel
+    assert (chunked.float() - recon.float()).abs().max() < 0.05
