@@ -21,3 +21,14 @@ def test_reads_back_offline_run(tmp_path, monkeypatch):
     assert series(rows, "loss")[-1] == pytest.approx(1.0 / 40)
     assert histogram_keys(rows) == {"grad/w"}
     assert sum(series(rows, "grad/w/values")[0]) == 10
+
+
+def test_unfinished_run_file_times_out_with_its_name(tmp_path):
+    pytest.importorskip("wandb")
+    from wavecast.wandb_reader import wait_for_exit
+
+    path = tmp_path / "run-x.wandb"
+    path.write_bytes(b":W&B\x00\x00\x00")  # header only: wandb has not written the exit yet
+    with pytest.raises(TimeoutError, match="run-x.wandb"):
+        wait_for_exit(path, timeout_s=0.3)
+    assert read_history(path, wait_s=None) == []
