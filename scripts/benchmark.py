@@ -876,7 +876,12 @@ def main() -> None:
         default=["fp32", "bf16_cl"],
         help="fp32 | fp32_cl | bf16 | bf16_cl (_cl: channels-last model and input)",
     )
-    p.add_argument("--stdiff-train-steps", type=int, default=400)
+    p.add_argument(
+        "--stdiff-train-steps",
+        type=int,
+        default=100,
+        help="training steps of the tiny models in stdiff_truncation (100: ~20 min on 2 cores)",
+    )
     args = p.parse_args()
     want = lambda k: args.only is None or k in args.only  # noqa: E731
     stdiff = [k for k in (args.only or []) if k.startswith("stdiff_")]
