@@ -135,7 +135,8 @@ class STDiff(nn.Module):
         """Channels-last weights for the convolutional nets (faster on CPU, with bf16 most),
         except the motion SDE's drift / diffusion nets: they run on the solver's flat state,
         which is contiguous, and mixed formats in their many small convs (forward and adjoint)
-        made a reduced-config training step 1.6x slower. Returns ``self``."""
+        made a reduced-config bf16 training step with the adjoint 1.6x slower (4.6 against
+        2.9 s side by side). Returns ``self``."""
         sde = self.tde.motion_sde
         for module in self.children():
             module.to(memory_format=torch.channels_last)

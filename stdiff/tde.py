@@ -175,8 +175,9 @@ class TemporalDynamicsEncoder(nn.Module):
             dt_min=self.dt_min,
             bm=bm,
         )
-        # The SDE runs in fp32 even under bf16 autocast: its nets are small (the casts of
-        # every solver step cost more than bf16 saves) and the Brownian increments are fp32.
+        # The SDE runs in fp32 even under bf16 autocast: its state and Brownian increments are
+        # fp32, and its small nets gain little from bf16 while rounding accumulates over the
+        # solver steps.
         with torch.autocast(y0.device.type, enabled=False):
             ys = self._solve(sde, state, ts, drift_only, kwargs)
         return ys[1:].reshape(ts.numel() - 1, *y0.shape).to(y0.dtype)
