@@ -43,6 +43,17 @@ def compose(config_name: str, overrides: list[str], output_dir: Path):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module of small tensors: on the shared 2-core machine a
+    second OpenMP thread mostly waits. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def synthetic_kitti(tmp_path_factory) -> Path:
     """The small synthetic KITTI in the real raw layout, shared by every test of the session."""

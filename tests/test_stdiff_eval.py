@@ -21,13 +21,7 @@ K = 2  # model.num_samples of the tiny experiment
 STEPS = 4  # model.num_inference_steps of the tiny experiment
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small tensors on a shared 2-core machine: a second OpenMP thread mostly waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,7 @@ import torch.nn.functional as F
 from stdiff import STDiff, random_future_subset, stdiff_config
 from stdiff.configs import DEFAULT_SCHEDULER_CONFIG
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: threads only add OpenMP contention on the shared test machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(seed: int = 0, **overrides) -> STDiff:

@@ -9,14 +9,7 @@ from diffusers import DDPMScheduler
 from stdiff import STDiff, STDiffPipeline, stdiff_config
 from stdiff.configs import DEFAULT_SCHEDULER_CONFIG
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: threads only add OpenMP contention on the shared test machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 IDX_O = torch.tensor([0.0, 1.0, 2.0])

@@ -22,13 +22,7 @@ from wavecast.config import ConfigError, validate_config
 TINY = "experiment=stdiff_kitti_range_tiny"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small tensors on a shared 2-core machine: a second OpenMP thread mostly waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------------------------
