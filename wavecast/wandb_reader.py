@@ -50,14 +50,15 @@ def iter_records(path: str | Path) -> Iterator[Any]:
             pending = b""
 
 
-def wait_for_exit(path: str | Path, timeout_s: float = 60.0) -> None:
-    """Wait until the run file holds its `exit` record: wandb's core process may still be
-    writing the file after `run.finish()` returns (seen on a loaded machine, half the rows
-    missing). TimeoutError names the file otherwise."""
+def wait_for_exit(path: str | Path, timeout_s: float = 60.0) -> list[Any]:
+    """Wait until the run file holds its `exit` record and return all its records: wandb's core
+    process may still be writing the file after `run.finish()` returns (seen on a loaded
+    machine, half the rows missing). TimeoutError names the file otherwise."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if any(r.WhichOneof("record_type") == "exit" for r in iter_records(path)):
-            return
+        records = list(iter_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: no exit record after {timeout_s:.0f} s (run unfinished?)")
         time.sleep(0.2)
@@ -68,10 +69,9 @@ def read_history(path: str | Path, wait_s: float | None = 60.0) -> list[dict[str
 
     By default waits (up to ``wait_s``) for the run to be completely written
     (:func:`wait_for_exit`); ``wait_s=None`` reads what is there now (a live run)."""
-    if wait_s is not None:
-        wait_for_exit(path, wait_s)
+    records = iter_records(path) if wait_s is None else wait_for_exit(path, wait_s)
     rows = []
-    for record in iter_records(path):
+    for record in records:
         if record.WhichOneof("record_type") != "history":
             continue
         row = {}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _UNSEEN = object()
+_MKLDNN = torch.backends.mkldnn.is_available()
 
 
 def conv3d(
@@ -52,9 +53,6 @@ def conv3d(
     ):
         return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
     return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
-
-
-_MKLDNN = torch.backends.mkldnn.is_available()
 
 
 def _count_mkldnn_convolution_flops() -> None:
