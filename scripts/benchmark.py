@@ -233,10 +233,6 @@ def reference_wfvae_case(
     sys.path.insert(0, repo)
     from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
 
-    # The reference prints shapes and chunk choices on every call: keep stdout JSON only.
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    quiet.__enter__()
-
     from wfvae.model import wfvae_config
     from wfvae.reference import reference_config
 
@@ -244,10 +240,6 @@ def reference_wfvae_case(
     torch.manual_seed(0)
     model = WFVAEModel(**reference_config(wfvae_config(name))).eval()
     x = torch.rand(1, 3, frames, size, size) * 2 - 1
-    with torch.no_grad():
-        z = model.encode(x).latent_dist.mode()
-    if tiled:
-        model.enable_tiling()
 
     def run():
         model.temporal_size = None  # the reference locks the first length it sees
@@ -256,9 +248,15 @@ def reference_wfvae_case(
                 return model.encode(x).latent_dist.mode()
             return model.decode(z).sample
 
-    base = _start_peak_window()
-    seconds = _timeit(run, repeats)
-    peak = _window_peak_mb()
+    # The reference prints shapes and chunk choices on every call: keep stdout JSON only.
+    with contextlib.redirect_stdout(io.StringIO()):
+        with torch.no_grad():
+            z = model.encode(x).latent_dist.mode()
+        if tiled:
+            model.enable_tiling()
+        base = _start_peak_window()
+        seconds = _timeit(run, repeats)
+        peak = _window_peak_mb()
     return {
         "model": name,
         "shape": f"{frames}x{size}",
