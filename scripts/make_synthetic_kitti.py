@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from wavecast.data.synthetic import generate_synthetic_kitti
+from wavecast.data.synthetic.writer import SIZES
 
 
 def _disk_usage(root: Path) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root", required=True, type=Path, help="output folder (KITTI raw root)")
-    parser.add_argument("--size", default="small", choices=["small", "demo"])
+    parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument(
         "--overwrite", action="store_true", help="regenerate even if the manifest matches"

@@ -43,7 +43,6 @@ a `ConfigError` before any weight is copied.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -63,6 +62,7 @@ from stdiff.pipeline import STDiffPipeline
 from wavecast.config import ConfigError
 from wavecast.data.range_projection import RangeProjection, denormalize_range, normalize_range
 from wavecast.guards import NonFiniteGuard
+from wavecast.lr_schedule import build_lr_scheduler
 from wavecast.metrics.image import psnr, ssim
 from wavecast.metrics.lpips import LPIPS
 from wavecast.metrics.range import chamfer_distance, range_l1
@@ -303,26 +303,7 @@ class STDiffModule(pl.LightningModule):
         opt = self.optimizer_factory(params=params)
         if self.lr_scheduler_factory is None:
             return opt
-        kwargs: dict[str, Any] = {}
-        given = dict(getattr(self.lr_scheduler_factory, "keywords", {}) or {})
-        total = self._total_steps()
-        warmup = given.get("num_warmup_steps")
-        if warmup is not None and total is not None and int(warmup) >= total:
-            raise ConfigError(
-                f"model.lr_scheduler.num_warmup_steps={warmup} is not shorter than the run "
-                f"({total} optimizer steps from trainer.max_steps / max_epochs): lower it or "
-                "train longer"
-            )
-        if "num_training_steps" in _parameters(self.lr_scheduler_factory) and (
-            "num_training_steps" not in given
-        ):
-            if total is None:
-                raise ConfigError(
-                    "model.lr_scheduler needs the run length: set trainer.max_steps or "
-                    "trainer.max_epochs (or model.lr_scheduler.num_training_steps)"
-                )
-            kwargs["num_training_steps"] = total
-        sched = self.lr_scheduler_factory(optimizer=opt, **kwargs)
+        sched = build_lr_scheduler(self.lr_scheduler_factory, opt, self._total_steps())
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
     def _total_steps(self) -> int | None:
@@ -859,16 +840,6 @@ def _nanmean(x: Tensor, dim: int) -> Tensor:
     count = finite.sum(dim)
     total = torch.where(finite, x, torch.zeros_like(x)).sum(dim)
     return total / count  # 0 / 0 = NaN where nothing is finite
-
-
-def _parameters(factory: Any) -> set[str]:
-    import inspect
-
-    fn = factory.func if isinstance(factory, functools.partial) else factory
-    try:
-        return set(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 class _TrajectoryBuffer:

@@ -65,16 +65,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from temporal.temporal_module import TemporalModule
-from temporal.warp import forward_splat, resize_flow, warp
+from temporal.warp import carry_forward, masked_l1, resize_flow
 from wavecast.config import ConfigError
 from wavecast.metrics.image import psnr
 
 log = logging.getLogger(__name__)
 
 TEMPORAL_TARGETS = ("decoded", "input")
+# Flow the TemporalModule warps with: the data's (ground truth / OpenCV / RAFT) or its own
+# LatentFlowPredictor's (the data's flow then only serves the temporal loss).
+FLOW_INPUTS = ("given", "predicted")
 TEMPORAL_WARPS = ("splat", "backward")
 EDGE_ON = ("latent", "image")
-_OUTSIDE = 1.0e6  # flow that sends a source pixel far outside the frame (left out of a splat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,34 +150,6 @@ def load_vae_weights(vae: nn.Module, path: str | Path) -> None:
         )
 
 
-def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean |a - b| over channels and the pixels where mask [B, 1, H, W] > 0 (all when None)."""
-    err = (a - b).abs().mean(dim=1, keepdim=True)
-    if mask is None:
-        return err.mean()
-    m = (mask > 0).to(err.dtype)
-    return (err * m).sum() / m.sum().clamp_min(1.0)
-
-
-def carry_forward(
-    x_prev: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None, mode: str = "splat"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame t-1 [B, C, H, W] carried to time t by the t-1 -> t flow [B, 2, H, W].
-
-    Returns the carried frame and where it is defined [B, 1, H, W] (float 0 / 1).
-    "splat": forward splatting, invalid source pixels (valid [B, 1, H, W] False) left out.
-    "backward": x_prev(p - flow(p)), defined where that is inside the frame and valid(p).
-    """
-    if mode == "splat":
-        if valid is not None:
-            flow = torch.where(valid, flow, torch.full_like(flow, _OUTSIDE))
-        return forward_splat(x_prev, flow, return_mask=True)
-    carried, inside = warp(x_prev, flow, padding_mode="zeros", return_mask=True)
-    if valid is not None:
-        inside = inside * valid.to(inside.dtype)
-    return carried, inside
-
-
 # ----------------------------------------------------------------------------------------------
 # The module
 
@@ -218,8 +192,16 @@ class TemporalFusionModule(pl.LightningModule):
         latent_valid_threshold: float = 0.5,
         save_vae_in_checkpoint: bool = False,
         final_state_dir: str | None = None,
+        z_noise: float = 0.0,
+        flow_input: str = "given",
     ) -> None:
         super().__init__()
+        if flow_input not in FLOW_INPUTS:
+            raise ConfigError(f"model.flow_input must be one of {FLOW_INPUTS}, got {flow_input!r}")
+        if flow_input == "predicted" and getattr(temporal, "flow_predictor", None) is None:
+            raise ConfigError("model.flow_input=predicted needs model.temporal.flow_predictor=true")
+        if not z_noise >= 0:
+            raise ConfigError(f"model.z_noise must be >= 0, got {z_noise}")
         for name, value, choices in (
             ("temporal_target", temporal_target, TEMPORAL_TARGETS),
             ("temporal_warp", temporal_warp, TEMPORAL_WARPS),
@@ -259,6 +241,7 @@ class TemporalFusionModule(pl.LightningModule):
         self.latent_valid_threshold = float(latent_valid_threshold)
         self.save_vae_in_checkpoint = bool(save_vae_in_checkpoint)
         self.final_state_dir = final_state_dir
+        self.z_noise, self.flow_input = float(z_noise), flow_input
         if self.vae_ckpt is not None:
             load_vae_weights(self.vae, self.vae_ckpt)
         else:
@@ -364,12 +347,31 @@ class TemporalFusionModule(pl.LightningModule):
         frac = F.interpolate(valid.to(flow.dtype), size=size, mode="area")
         return flow_lat, frac >= self.latent_valid_threshold
 
-    def fuse(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Encode, resize the flow and fuse; returns everything the losses and media need."""
+    def perturb(self, z: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """z [B, C, h, w] plus independent Gaussian noise of std `z_noise` x std(z) (or z).
+
+        Simulates per-frame generation, whose latents flicker independently from frame to
+        frame; the targets stay the clean frame / latent, so the module learns to lean on the
+        warped previous latent where the current one is unreliable. `seed` makes it repeatable
+        (evaluation batches).
+        """
+        if self.z_noise <= 0:
+            return z
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=z.device).manual_seed(int(seed))
+        noise = torch.randn(z.shape, generator=gen, device=z.device, dtype=z.dtype)
+        return z + self.z_noise * z.detach().std() * noise
+
+    def fuse(self, batch: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+        """Encode, resize the flow, perturb z_cur (`z_noise`) and fuse; returns everything the
+        losses and media need (`z_in` is the perturbed current latent the module saw)."""
         frames, flow, valid = self._unpack(batch)
         z_prev, z_cur = self.encode_pair(frames)
         flow_lat, valid_lat = self.latent_flow(flow, valid, tuple(z_cur.shape[-2:]))
-        z_fused, _, aux = self.temporal(z_prev, z_cur, flow=flow_lat)
+        z_in = self.perturb(z_cur, seed=seed)
+        fusion_flow = None if self.flow_input == "predicted" else flow_lat
+        z_fused, _, aux = self.temporal(z_prev, z_in, flow=fusion_flow)
         mask_lat = aux["valid_mask"]
         if valid_lat is not None:
             mask_lat = mask_lat * valid_lat.to(mask_lat.dtype)
@@ -380,6 +382,7 @@ class TemporalFusionModule(pl.LightningModule):
             "valid": valid,
             "z_prev": z_prev,
             "z_cur": z_cur,
+            "z_in": z_in,
             "z_fused": z_fused,
             "aux": aux,
             "mask_lat": mask_lat,
@@ -446,12 +449,14 @@ class TemporalFusionModule(pl.LightningModule):
         self.log_dict(logs, batch_size=b)
         return loss
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
-        f = self.fuse(batch)
+    def _eval_step(
+        self, batch: dict[str, Any], stage: str, batch_idx: int = 0
+    ) -> dict[str, torch.Tensor]:
+        f = self.fuse(batch, seed=batch_idx)  # the same perturbation at every evaluation
         loss, terms = self.losses(f)
         x_cur = f["x_cur"]
         x_fused = f["x_fused"] if f["x_fused"] is not None else self.decode(f["z_fused"])
-        x_plain = self.decode(f["z_cur"])  # baseline: no fusion
+        x_plain = self.decode(f["z_in"])  # baseline: no fusion (the same perturbed latent)
         prev_out = self._decoded_prev(f)
         carried, defined = carry_forward(prev_out, f["flow"], f["valid"], self.temporal_warp)
         metrics = {
@@ -473,10 +478,10 @@ class TemporalFusionModule(pl.LightningModule):
         return metrics
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int):
-        return self._eval_step(batch, "val")
+        return self._eval_step(batch, "val", batch_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int):
-        return self._eval_step(batch, "test")
+        return self._eval_step(batch, "test", batch_idx)
 
     def media_from_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """decode(z_prev) | decode(z_cur) | decode(z_warp) | decode(z_fused), [B, 3, H, 4W]."""

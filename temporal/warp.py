@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 PADDING_MODES = ("zeros", "border", "reflection")
+_OUTSIDE = 1.0e6  # flow that sends a source pixel far outside the frame (left out of a splat)
 
 
 def check_flow(flow: torch.Tensor, name: str = "flow", like: torch.Tensor | None = None) -> None:
@@ -185,3 +186,31 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
     out = F.interpolate(flow, size=(h_new, w_new), mode=mode, **kwargs)
     scale = torch.tensor([w_new / w, h_new / h], dtype=flow.dtype, device=flow.device)
     return out * scale.view(1, 2, 1, 1)
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean |a - b| over channels and the pixels where mask [B, 1, H, W] > 0 (all when None)."""
+    err = (a - b).abs().mean(dim=1, keepdim=True)
+    if mask is None:
+        return err.mean()
+    m = (mask > 0).to(err.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def carry_forward(
+    x_prev: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None, mode: str = "splat"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame t-1 [B, C, H, W] carried to time t by the t-1 -> t flow [B, 2, H, W].
+
+    Returns the carried frame and where it is defined [B, 1, H, W] (float 0 / 1).
+    "splat": forward splatting, invalid source pixels (valid [B, 1, H, W] False) left out.
+    "backward": x_prev(p - flow(p)), defined where that is inside the frame and valid(p).
+    """
+    if mode == "splat":
+        if valid is not None:
+            flow = torch.where(valid, flow, torch.full_like(flow, _OUTSIDE))
+        return forward_splat(x_prev, flow, return_mask=True)
+    carried, inside = warp(x_prev, flow, padding_mode="zeros", return_mask=True)
+    if valid is not None:
+        inside = inside * valid.to(inside.dtype)
+    return carried, inside

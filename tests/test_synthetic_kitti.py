@@ -17,7 +17,13 @@ import pytest
 
 from wavecast.data.synthetic import SYNTHETIC_DRIVES, generate_synthetic_kitti
 from wavecast.data.synthetic.lidar import Scanner
-from wavecast.data.synthetic.writer import DRIVES, SIZES, write_calibration, write_drive
+from wavecast.data.synthetic.writer import (
+    DRIVES,
+    SIZES,
+    size_splits,
+    write_calibration,
+    write_drive,
+)
 
 SEED = 3
 CAMS = ("image_00", "image_01", "image_02", "image_03")
@@ -206,6 +212,24 @@ def test_deterministic(root: Path, tmp_path: Path) -> None:
         and (tmp_path / "other" / f).read_bytes() != (root / f).read_bytes()
     ]
     assert len(differ) == n * 5
+
+
+def test_medium_size_keeps_the_small_held_out_drives(root: Path, tmp_path: Path) -> None:
+    """The medium size adds training drives; its val / test drives are the small size's, frame
+    for frame (results on the two sizes are measured on the same held-out clips)."""
+    splits = size_splits("medium")
+    assert splits["val"] == SYNTHETIC_DRIVES["val"]
+    assert splits["test"] == SYNTHETIC_DRIVES["test"]
+    assert set(SYNTHETIC_DRIVES["train"]) < set(splits["train"])
+    assert len(splits["train"]) == 6
+    assert not set(splits["train"]) & set(splits["val"] + splits["test"])
+    spec = SIZES["medium"]
+    assert all(spec.n_frames[d] == 60 for d in splits["train"])
+    drive = next(d for d in DRIVES if d.name == "2011_09_26_drive_0005_sync")
+    write_calibration(tmp_path, drive.date, spec.scale)
+    write_drive(tmp_path, drive, spec, SEED, Scanner(n_azimuth=spec.n_azimuth), n_frames=2)
+    for f in _frame_files(root, drive, 2):
+        assert (tmp_path / f).read_bytes() == (root / f).read_bytes(), f
 
 
 # ----------------------------------------------------------------------------------------------

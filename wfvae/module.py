@@ -58,6 +58,8 @@ from torch import Tensor, nn
 
 from wavecast.config import ConfigError
 from wavecast.guards import NonFiniteGuard
+from wavecast.lr_schedule import build_lr_scheduler
+from wavecast.metrics.baselines import VIDEO_BASELINES
 from wavecast.metrics.flicker import temporal_flicker
 from wavecast.metrics.fvd import FVD, I3D_MIN_FRAMES
 from wavecast.metrics.image import psnr, ssim
@@ -101,6 +103,8 @@ class WFVAEModule(pl.LightningModule):
         fvd_i3d: local `i3d_torchscript.pt` for test FVD; None looks in `$WAVECAST_WEIGHTS_DIR`,
             else FVD is skipped (said once).
         fvd_batch_size: clips per I3D call.
+        eval_baselines: also log the PSNR of trivial answers on the same val / test clips
+            (`{stage}/baseline_psnr/mean_frame`, `.../bilinear_x8`; `wavecast.metrics.baselines`).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class WFVAEModule(pl.LightningModule):
         metric_lpips_weights: Any = None,
         fvd_i3d: str | None = None,
         fvd_batch_size: int = 8,
+        eval_baselines: bool = True,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -150,6 +155,7 @@ class WFVAEModule(pl.LightningModule):
             resolve_i3d_weights(fvd_i3d)  # a configured file that is missing fails at start-up
         self.fvd_i3d = fvd_i3d
         self.fvd_batch_size = int(fvd_batch_size)
+        self.eval_baselines = bool(eval_baselines)
         self._fvd: FVD | None = None
         self._report: dict[str, float] = {}
         if init_ckpt is not None:
@@ -231,8 +237,26 @@ class WFVAEModule(pl.LightningModule):
             optimizers.append(self.disc_optimizer_factory(params=self._discriminator_params()))
         if self.scheduler_factory is None:
             return optimizers
-        sched = {"scheduler": self.scheduler_factory(optimizer=opt_g), "interval": "step"}
-        return optimizers, [sched]
+        scheduler = build_lr_scheduler(
+            self.scheduler_factory, opt_g, self._generator_steps_in_run(), key="model.scheduler"
+        )
+        return optimizers, [{"scheduler": scheduler, "interval": "step"}]
+
+    def _generator_steps_in_run(self) -> int | None:
+        """Generator steps this run will take (the scheduler is stepped per generator step)."""
+        if self._trainer is None:
+            return None
+        try:
+            n = self.trainer.estimated_stepping_batches
+        except Exception:  # noqa: BLE001 - no loader yet or an unbounded run: length unknown
+            return None
+        if not math.isfinite(n):
+            return None
+        n = int(n)
+        if self.discriminator is not None and n > self.disc_start:
+            # After disc_start the batches (optimizer steps) alternate between the two.
+            n = self.disc_start + math.ceil((n - self.disc_start) / 2)
+        return n
 
     def _discriminator_params(self) -> list[nn.Parameter]:
         disc = self.discriminator
@@ -405,6 +429,10 @@ class WFVAEModule(pl.LightningModule):
         }
         if self.lpips_metric is not None:
             metrics["lpips"] = self.lpips_metric(recon.clamp(-1, 1), x).float().mean()
+        if self.eval_baselines:
+            # Trivial answers on the same clips, scored by the same metric code.
+            for name, baseline in VIDEO_BASELINES.items():
+                metrics[f"baseline_psnr/{name}"] = psnr(baseline(x), x).mean()
         if hasattr(out, "posterior"):
             loss, logs = self.loss.generator_loss(x, out, _NO_GAN_STEP, None)
             metrics["loss"] = loss.detach()

@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from wavecast.data.datasets import (
@@ -184,12 +185,34 @@ class _KittiDataModule(pl.LightningDataModule):
         return self._loader("test")
 
 
+class HorizontalFlip(Dataset):
+    """Mirrors each item's "video" [3, T, H, W] left-right with probability 1/2 (torch's RNG, so
+    Lightning's seeding and worker seeds apply). Street scenes are plausible mirrored."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        if item is not None and bool(torch.rand(()) < 0.5):
+            item = {**item, "video": item["video"].flip(-1)}
+        return item
+
+
 class VideoClipDataModule(_KittiDataModule):
     """Video clips {"video": [B, 3, T, H, W] in [-1, 1], "drive", "start"} for the video models.
 
     source "kitti_raw": `*_drives` name KITTI raw drives under `root`; "video_folder": they name
-    video files or sub-folders of `root`. `train_crop` ("center" / "random") applies to the
-    train split only; val / test always crop the centre.
+    video files or sub-folders of `root`. `train_crop` ("center" / "random") and `train_flip`
+    (random left-right mirroring) apply to the train split only; val / test crop the centre.
     """
 
     def __init__(
@@ -212,11 +235,13 @@ class VideoClipDataModule(_KittiDataModule):
         frame_step: int = 1,
         camera: str = "image_02",
         train_crop: str = "center",
+        train_flip: bool = False,
     ) -> None:
         super().__init__(
             root, train_drives, val_drives, test_drives, batch_size, num_workers, on_error,
             synthetic, pin_memory, persistent_workers, max_clips_per_split,
         )  # fmt: skip
+        self.train_flip = bool(train_flip)
         if source not in ("kitti_raw", "video_folder"):
             raise ValueError(f"data.source must be 'kitti_raw' or 'video_folder', got {source!r}")
         if source == "video_folder" and self.generates_synthetic:
@@ -247,8 +272,10 @@ class VideoClipDataModule(_KittiDataModule):
             on_error=self.on_error,
         )
         if self.source == "kitti_raw":
-            return KittiCameraClips(self.root, self.drives[split], camera=self.camera, **common)
-        return VideoFolderClips(self.root, files=self.drives[split], **common)
+            ds = KittiCameraClips(self.root, self.drives[split], camera=self.camera, **common)
+        else:
+            ds = VideoFolderClips(self.root, files=self.drives[split], **common)
+        return HorizontalFlip(ds) if split == "train" and self.train_flip else ds
 
 
 class RangeSequenceDataModule(_KittiDataModule):

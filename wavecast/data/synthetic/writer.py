@@ -71,12 +71,28 @@ DRIVES = (
     DriveSpec("2011_09_26", 2, "val", 2),
     DriveSpec("2011_09_26", 5, "test", 5),
     DriveSpec("2011_09_28", 1, "train", 101),
+    # Extra training drives of the larger sizes (the small size writes only the four above).
+    DriveSpec("2011_09_26", 9, "train", 9),
+    DriveSpec("2011_09_26", 11, "train", 11),
+    DriveSpec("2011_09_26", 13, "train", 13),
+    DriveSpec("2011_09_28", 2, "train", 102),
 )
-SYNTHETIC_DRIVES: dict[str, list[str]] = {
-    split: [d.name for d in DRIVES if d.split == split] for split in ("train", "val", "test")
-}
+_SMALL_DRIVES = DRIVES[:4]
+_EXTRA_TRAIN = DRIVES[4:]
 SIZES = {
-    "small": SizeSpec(0.25, 1024, {d.name: 20 for d in DRIVES}),
+    "small": SizeSpec(0.25, 1024, {d.name: 20 for d in _SMALL_DRIVES}),
+    # The small size's val / test drives unchanged (same scenes, same frames: a drive's scene
+    # depends on its key and length only), and 6 training drives of 60 frames: enough distinct
+    # frames that a video VAE learns the scene rather than memorising 40 frames.
+    "medium": SizeSpec(
+        0.25,
+        1024,
+        {
+            **{d.name: 60 for d in _SMALL_DRIVES + _EXTRA_TRAIN if d.split == "train"},
+            "2011_09_26_drive_0002_sync": 20,
+            "2011_09_26_drive_0005_sync": 20,
+        },
+    ),
     "demo": SizeSpec(
         0.5,
         2048,
@@ -88,6 +104,24 @@ SIZES = {
         },
     ),
 }
+
+
+def size_splits(size: str) -> dict[str, list[str]]:
+    """split -> names of the drives that dataset size writes."""
+    names = SIZES[size].n_frames
+    return {
+        split: [d.name for d in DRIVES if d.split == split and d.name in names]
+        for split in ("train", "val", "test")
+    }
+
+
+def size_drives(size: str) -> list[DriveSpec]:
+    """The drives that dataset size writes, in DRIVES order."""
+    return [d for d in DRIVES if d.name in SIZES[size].n_frames]
+
+
+#: split -> drive names of the default ("small") size.
+SYNTHETIC_DRIVES: dict[str, list[str]] = size_splits("small")
 
 OXTS_FIELDS = (
     ("lat", "latitude of the OXTS unit (deg)"),
@@ -206,9 +240,9 @@ def generate_synthetic_kitti(
     spec = SIZES[size]
     scanner = Scanner(n_azimuth=spec.n_azimuth)
     drives = {}
-    for date in sorted({d.date for d in DRIVES}):
+    for date in sorted({d.date for d in size_drives(size)}):
         write_calibration(root, date, spec.scale)
-    for drive in DRIVES:
+    for drive in size_drives(size):
         drives[drive.name] = write_drive(root, drive, spec, seed, scanner)
 
     manifest = {
@@ -217,7 +251,7 @@ def generate_synthetic_kitti(
         "seed": seed,
         "size": size,
         "frame_rate_hz": 1.0 / FRAME_PERIOD,
-        "splits": SYNTHETIC_DRIVES,
+        "splits": size_splits(size),
         "drives": drives,
         "lidar": scanner.manifest(),
         "spherical": {
