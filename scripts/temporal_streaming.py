@@ -125,6 +125,15 @@ def main() -> None:
     with torch.no_grad():
         clean = {d: encode_frames(vae, s["frames"]) for d, s in truth.items()}
         latent_std = float(torch.cat([z.flatten() for z in clean.values()]).std())
+        # How far posterior samples stray from the mode (a small KL weight shrinks it).
+        post_std = float(
+            torch.cat(
+                [
+                    vae.encode(s["frames"].unsqueeze(2)).posterior.std.flatten()
+                    for s in truth.values()
+                ]
+            ).mean()
+        )
         table: dict[str, dict[str, dict[str, float]]] = {}
         floor = [warping_error(s["frames"], s["flow"], s["valid"]) for s in truth.values()]
         for setting, sigma, posterior in settings(args.sigmas, args.posterior):
@@ -162,13 +171,14 @@ def main() -> None:
         "frames": {d: int(s["frames"].shape[0]) for d, s in truth.items()},
         "image_size": list(size),
         "latent_std": latent_std,
+        "posterior_std_mean": post_std,
         "seed": args.seed,
         "input_warp_error": float(torch.stack(floor).mean()),
         "runs": {
             name: {
                 "flow_source": cfg["data"]["flow_source"],
                 "flow_input": cfg["model"].get("flow_input", "given"),
-                "alpha": float(m.temporal.alpha),
+                "alpha": float(m.temporal.alpha.detach()),
             }
             for name, (m, cfg) in runs.items()
         },
