@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import ROOT
@@ -20,7 +21,6 @@ from tests.test_train_run import column, read_metrics, run_train
 COMMON = [
     "experiment=wfvae_kitti_tiny",
     "deterministic=true",
-    "callbacks.last_checkpoint.every_n_train_steps=null",
     "logger=many",
     "logger.wandb.offline=true",
     "~logger.tensorboard",
@@ -31,9 +31,13 @@ def _runs(log_dir):
     return sorted((log_dir / "train" / "runs" / "wfvae_kitti_tiny").glob("*"))
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, synthetic_kitti):
+# 4 steps per epoch: with every_n_train_steps=4 the periodic save of step 4 comes before the
+# epoch-end save of the same step, which must still be written (it holds "epoch finished").
+@pytest.mark.parametrize("every_n", ["null", "4"])
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, synthetic_kitti, every_n):
     data = f"data.root={synthetic_kitti}"
-    run_train([*COMMON, data], tmp_path / "a")
+    common = [*COMMON, f"callbacks.last_checkpoint.every_n_train_steps={every_n}"]
+    run_train([*common, data], tmp_path / "a")
     (full,) = _runs(tmp_path / "a")
 
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="2")
@@ -42,7 +46,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, synthetic_kitti)
             sys.executable,
             str(ROOT / "train.py"),
             f"paths.log_dir={tmp_path / 'b'}",
-            *COMMON,
+            *common,
             data,
             "+callbacks.kill._target_=tests.helpers.HardKillAtStep",
             "+callbacks.kill.step=7",
@@ -57,7 +61,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, synthetic_kitti)
     (crashed,) = _runs(tmp_path / "b")
     assert torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
 
-    run_train([*COMMON, data, "ckpt_path=last"], tmp_path / "b")
+    run_train([*common, data, "ckpt_path=last"], tmp_path / "b")
     resumed = [r for r in _runs(tmp_path / "b") if r != crashed][0]
 
     a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -165,28 +165,32 @@ class LastCheckpoint(pl.Callback):
             )
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps
-        self._saved_at: int | None = None
+        # (global_step, where) of the last save: a batch-end save and the epoch-end save of the
+        # same step hold different loop states (mid-epoch vs epoch finished), so both are written.
+        self._saved_at: tuple[int, str] | None = None
 
     @property
     def path(self) -> Path:
         return self.dirpath / "last.ckpt"
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        if trainer.sanity_checking or self._saved_at == trainer.global_step:
+    def _save(self, trainer: pl.Trainer, where: str) -> None:
+        if trainer.sanity_checking or self._saved_at == (trainer.global_step, where):
             return
         trainer.save_checkpoint(self.path)
-        self._saved_at = trainer.global_step
+        self._saved_at = (trainer.global_step, where)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
         if n and trainer.global_step > 0 and trainer.global_step % n == 0:
-            self._save(trainer)
+            self._save(trainer, "batch")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Saved where Lightning's ModelCheckpoint saves epoch-end checkpoints, so the loop state
         # restores to "epoch finished" (on_train_epoch_end would replay one epoch too few).
         if trainer.state.fn == "fit":
-            self._save(trainer)
+            self._save(trainer, "validation")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)
+        # Right after a validation save of this step the state is the same: no second write.
+        if self._saved_at != (trainer.global_step, "validation"):
+            self._save(trainer, "end")
