@@ -190,6 +190,21 @@ class LastCheckpoint(pl.Callback):
         if trainer.state.fn == "fit":
             self._save(trainer, "validation")
 
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Preemption (SIGTERM: Lightning stops at the end of the current batch) or Ctrl-C: the
+        # weights are those of a finished optimizer step, so they are saved as the resume point.
+        # Any other exception may have left them half-updated: the last good checkpoint stays.
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if trainer.state.fn != "fit" or not isinstance(
+            exception, SIGTERMException | KeyboardInterrupt
+        ):
+            return
+        self._save(trainer, "interrupted")
+        log.warning("interrupted (%s): saved %s", type(exception).__name__, self.path)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Right after a validation save of this step the state is the same: no second write.
         if self._saved_at != (trainer.global_step, "validation"):

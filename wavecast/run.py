@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wavecast.config import ConfigError, print_config_tree, validate_config
@@ -229,6 +230,16 @@ def _record_wandb_id(loggers: list[Any], output_dir: Path) -> None:
             (output_dir / WANDB_ID_FILE).write_text(str(logger.experiment.id))
 
 
+# 128 + SIGTERM, what a shell reports for a process ended by the signal.
+PREEMPTED_EXIT_CODE = 143
+
+
+def _write_final(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / "metrics_final.json"
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) as the config says; returns cfg.optimized_metric (NaN -> inf)."""
     _start(cfg)
@@ -246,11 +257,15 @@ def train(cfg: DictConfig) -> float | None:
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
             trainer.test(objs["model"], datamodule=objs["datamodule"], ckpt_path=best)
             metrics.update(_metrics(trainer))
+    except SIGTERMException:
+        # Lightning ends fit with SystemExit(None), i.e. exit status 0, on SIGTERM: a scheduler
+        # would take a preempted job for a finished one. LastCheckpoint saved last.ckpt.
+        _write_final(trainer, cfg, {**_metrics(trainer), "status": "preempted"})
+        log.error("SIGTERM: stopped at step %d; resume with ckpt_path=last", trainer.global_step)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     finally:
         _finish_loggers(objs["loggers"])
-    if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir) / "metrics_final.json"
-        out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    _write_final(trainer, cfg, metrics)
     return objective_value(metrics, cfg.get("optimized_metric"), cfg.get("optimized_mode", "min"))
 
 
