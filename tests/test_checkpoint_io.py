@@ -34,3 +34,26 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert torch.load(path, weights_only=True)["step"].item() == 1
     # No temp file left behind.
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    from wavecast.checkpoint_io import CheckpointFileError, check_checkpoint_file
+
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"w": torch.randn(1000)}, path)
+    check_checkpoint_file(path)  # complete: passes
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointFileError, match=r"last\.ckpt: not a readable checkpoint"):
+        check_checkpoint_file(path)
+
+
+def test_leftover_temp_file_of_a_killed_write_is_removed(tmp_path):
+    path = tmp_path / "last.ckpt"
+    stale = tmp_path / ".last.ckpt.abc123.tmp"
+    stale.write_bytes(b"")  # what kill -9 during a write leaves
+    other = tmp_path / ".best.ckpt.abc123.tmp"  # another file's write: not ours to remove
+    other.write_bytes(b"")
+    atomic_torch_save({"x": 1}, path)
+    assert not stale.exists() and other.exists()
+    assert torch.load(path, weights_only=False) == {"x": 1}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save(obj, path)` through a temp file + fsync + rename; cleans up on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A process killed mid-write (kill -9, node failure) leaves its temp file: one writer per
+    # path (rank 0), so any left over belongs to a dead write.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -43,6 +49,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a torch checkpoint)."""
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """Fail with the file's name if it is not a complete torch checkpoint (a zip archive whose
+    central directory, written last, is intact), before Lightning's loader fails obscurely."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointFileError(
+            f"{path}: not a readable checkpoint ({size} bytes; truncated or corrupt: {err}). "
+            "Use an earlier checkpoint of the run (checkpoints/best-*.ckpt) or start afresh."
+        ) from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

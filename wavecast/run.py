@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wavecast.checkpoint_io import check_checkpoint_file
 from wavecast.config import ConfigError, print_config_tree, validate_config
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
             log.warning("ckpt_path=last: no %s yet; starting from scratch", pattern)
             return None
         log.info("ckpt_path=last -> %s", found[-1])
+        check_checkpoint_file(found[-1])
         return found[-1]
     if not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path: checkpoint file '{ckpt}' does not exist")
+    check_checkpoint_file(ckpt)
     return str(ckpt)
 
 
@@ -177,10 +180,30 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
+def check_optimizers(cfg: DictConfig) -> None:
+    """Optimizer hyper-parameters that torch would refuse only at fit time, named at start-up."""
+
+    def walk(node: Any, key: str) -> None:
+        if not isinstance(node, DictConfig):
+            return
+        if str(node.get("_target_", "")).startswith("torch.optim."):
+            for name, low, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False)):
+                value = node.get(name)
+                if isinstance(value, int | float) and (value <= low if strict else value < low):
+                    need = "> 0" if strict else ">= 0"
+                    raise ConfigError(f"{key}.{name}={value}: must be {need}")
+        for k in node:
+            walk(node._get_node(k), f"{key}.{k}")
+
+    if cfg.get("model") is not None:
+        walk(cfg.model, "model")
+
+
 def _start(cfg: DictConfig) -> None:
     setup_logging()
     validate_config(cfg)
     check_launch(cfg)
+    check_optimizers(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
