@@ -176,7 +176,7 @@ class LastCheckpoint(pl.Callback):
     def _save(self, trainer: pl.Trainer, where: str) -> None:
         if trainer.sanity_checking or self._saved_at == (trainer.global_step, where):
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at = (trainer.global_step, where)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
