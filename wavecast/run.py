@@ -157,14 +157,17 @@ def setup_logging() -> None:
                 h.setLevel(logging.WARNING)
 
 
-def check_launch(cfg: DictConfig) -> None:
+def check_launch(cfg: DictConfig, multirun: bool | None = None) -> None:
     """Re-executing DDP (start_method popen) inside a Hydra multirun would re-run the whole sweep
-    in every child process: sweeps must use a spawning strategy."""
+    in every child process: sweeps must use a spawning strategy. `multirun`: None = ask Hydra
+    (per trial); True = the sweep's start (`wavecast.sweeps.SweepSummary`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     strategy = cfg.trainer.get("strategy")
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if multirun is None:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if not multirun:
         return
     popen_ddp = (
         isinstance(strategy, DictConfig)
