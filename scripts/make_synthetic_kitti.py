@@ -22,13 +22,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", required=True, type=Path, help="output folder (KITTI raw root)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="output folder (KITTI raw root); default: where the configs look, "
+        "data/synthetic_kitti (small) or data/synthetic_kitti_<size>",
+    )
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument(
         "--overwrite", action="store_true", help="regenerate even if the manifest matches"
     )
     args = parser.parse_args(argv)
+    if args.root is None:
+        name = "synthetic_kitti" if args.size == "small" else f"synthetic_kitti_{args.size}"
+        args.root = Path(__file__).resolve().parents[1] / "data" / name
 
     start = time.perf_counter()
     root = generate_synthetic_kitti(

@@ -51,5 +51,5 @@ def build_perceptual_loss(spec: Any, net: str = "vgg") -> PerceptualLoss | None:
     None means "not configured": returns None after the once-only notice of
     :func:`wavecast.metrics.weights.resolve_lpips_weights`. A configured but wrong spec raises.
     """
-    weights = resolve_lpips_weights(spec, net, consequence="training without the perceptual term")
+    weights = resolve_lpips_weights(spec, net, consequence="the perceptual loss term is off")
     return None if weights is None else PerceptualLoss(weights)
