@@ -292,6 +292,15 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         _finish_loggers(objs["loggers"])
     _write_final(trainer, cfg, metrics)
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or "-"
+        log.info(
+            "done: outputs in %s (checkpoints/last.ckpt; best %s; metrics_final.json; media/; "
+            "config_tree.yaml)",
+            out,
+            Path(best).name if best != "-" else best,
+        )
     return objective_value(metrics, cfg.get("optimized_metric"), cfg.get("optimized_mode", "min"))
 
 
