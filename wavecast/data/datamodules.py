@@ -116,8 +116,19 @@ class _KittiDataModule(pl.LightningDataModule):
         """Write the synthetic KITTI into `root` when requested (no-op when already there)."""
         if self.generates_synthetic:
             from wavecast.data.synthetic import generate_synthetic_kitti
+            from wavecast.data.synthetic.writer import INCOMPLETE_MARKER, MANIFEST
 
-            if not (self.root / "SYNTHETIC.json").exists():
+            ours = (self.root / MANIFEST).exists() or (self.root / INCOMPLETE_MARKER).exists()
+            if self.root.exists() and not ours and any(self.root.iterdir()):
+                # Never write into somebody's data: only a new / empty folder or our own.
+                raise DataError(
+                    f"data.root={self.root} holds data that is not the synthetic KITTI, and "
+                    "data.synthetic asks to generate the synthetic KITTI into it: set "
+                    "data.synthetic=null to train on this folder (with data.source and the "
+                    "split keys that fit it), or point data.root at a new folder",
+                    self.root,
+                )
+            if not ours:
                 log.info("Generating the synthetic KITTI (%s) into %s", self.synthetic, self.root)
             generate_synthetic_kitti(
                 self.root,

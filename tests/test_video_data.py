@@ -1,4 +1,4 @@
-"""Train-split augmentation of the video clips."""
+"""Video clip data: train-split augmentation, and what the data module may write."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def test_flip_applies_to_the_train_split_only(synthetic_kitti) -> None:
     assert isinstance(dm.datasets["train"], HorizontalFlip)
     assert not isinstance(dm.datasets["val"], HorizontalFlip)
     assert len(dm.datasets["train"]) == 16  # 20 frames, clips of 5, stride 1
+
+
+def test_synthetic_generation_never_writes_into_a_foreign_folder(tmp_path) -> None:
+    import pytest
+
+    from wavecast.data.errors import DataError
+
+    videos = tmp_path / "my_videos"
+    videos.mkdir()
+    (videos / "holiday.mp4").write_bytes(b"not really a video")
+    dm = VideoClipDataModule(
+        videos, ["a"], ["b"], None, clip_length=5, image_size=(64, 192), batch_size=1,
+        synthetic={"generate_if_missing": True, "size": "small", "seed": 0},
+    )  # fmt: skip
+    with pytest.raises(DataError, match="data.synthetic=null"):
+        dm.prepare_data()
+    assert sorted(p.name for p in videos.iterdir()) == ["holiday.mp4"]
