@@ -317,6 +317,35 @@ def objective_value(metrics: dict[str, float], name: str | None, mode: str = "mi
     return value if math.isfinite(value) else worst
 
 
+def _data_overridden() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
+    return any(k == "data" or k.startswith("data.") for k in keys)
+
+
+def _use_run_data(cfg: DictConfig, ckpt: str) -> None:
+    """Evaluate on the data the checkpoint's run was trained with (its config_tree.yaml), unless
+    the command line names data itself; say which."""
+    tree = Path(ckpt).resolve().parent.parent / "config_tree.yaml"
+    if _data_overridden() or not tree.is_file():
+        log.info("evaluating on data %s (from this command's config)", cfg.data.get("root"))
+        return
+    run_data = OmegaConf.load(tree).get("data")
+    if run_data is None:
+        return
+    with open_dict(cfg):
+        cfg.data = run_data
+    log.info(
+        "evaluating on the data of the checkpoint's run (%s: root %s); override with data=... "
+        "or data.*=...",
+        tree,
+        run_data.get("root"),
+    )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test (or validate) a checkpoint; writes the metrics to JSON in the run directory."""
     _start(cfg)
@@ -325,6 +354,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("ckpt_path: nothing to evaluate (no checkpoint found)")
     with open_dict(cfg):
         cfg.train = False
+    _use_run_data(cfg, ckpt)
     objs = build(cfg)
     trainer: pl.Trainer = objs["trainer"]
     model = objs["model"]
