@@ -91,7 +91,7 @@ def test_batch_size_must_divide_world_size(tmp_path):
     ("override", "match"),
     [
         ("data.clip_length=8", r"clip_length=8 is not 4n\+1"),
-        ("data.image_size=[60,64]", r"divisible by 8"),
+        ("data.image_size=[60,64]", r"divisible by 8 .*use \[56, 64\] or \[64, 64\]"),
     ],
 )
 def test_semantic_checks_at_start_up(override, match, tmp_path, synthetic_kitti):

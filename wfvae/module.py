@@ -187,7 +187,12 @@ class WFVAEModule(pl.LightningModule):
             )
         size = getattr(datamodule, "frame_size", None) or getattr(datamodule, "image_size", None)
         if size is not None and any(int(s) % 8 for s in size):
-            raise ConfigError(f"data.image_size={list(size)} must be divisible by 8 (WF-VAE 8x8)")
+            down = [int(s) // 8 * 8 or 8 for s in size]
+            up = [-(-int(s) // 8) * 8 for s in size]
+            raise ConfigError(
+                f"data.image_size={list(size)} must be divisible by 8 (WF-VAE compresses 8x8 in "
+                f"space): use {down} or {up}"
+            )
 
     def compile_networks(self) -> None:
         # In place: the state-dict keys stay "net.*", so checkpoints do not depend on compile.
