@@ -5,8 +5,9 @@ Items are dicts:
 * `KittiCameraClips`, `VideoFolderClips`: ``{"video": float32 [3, T, H, W] in [-1, 1],
   "drive": str, "start": int}``.
 * `KittiRangeSequences`: ``{"frames": float32 [T, C, H, W] in [-1, 1], "mask": bool
-  [T, 1, H, W], "range_m": float32 [T, 1, H, W] (metres, -1 empty), "drive": str,
-  "start": int}`` with T = n_obs + n_pred.
+  [T, 1, H, W], "range_m": float32 [T, 1, H, W] (metres, -1 empty), "poses": float64
+  [T, 4, 4] (world_T_velodyne relative to the sequence's first scan; NaN where the source has
+  no poses), "drive": str, "start": int}`` with T = n_obs + n_pred.
 
 Drives, sequences and video files are chosen by name, never by position in a folder listing.
 With ``on_error="skip"`` a drive or file that cannot be used (missing stream, too short,
@@ -445,6 +446,24 @@ class KittiRangeSequences(_ClipDataset):
             return KittiRawDrive(self.root, name, streams=("velodyne_points",))
         return KittiOdometrySequence(self.root, name, streams=("velodyne",))
 
+    def _velodyne_poses(self, k: int) -> np.ndarray | None:
+        """world_T_velodyne [N, 4, 4] of source k (oxts for raw drives, poses/NN.txt for
+        odometry), read once; None when the source has none."""
+        cache = self.__dict__.setdefault("_pose_cache", {})
+        if k not in cache:
+            src = self.sources[k]
+            try:
+                if isinstance(src, KittiRawDrive):
+                    # The scans' drive object opens velodyne_points only: oxts on its own.
+                    oxts = KittiRawDrive(self.root, src.name, streams=("oxts",))
+                    cache[k] = oxts.poses(sensor="velodyne", relative=False)
+                else:
+                    cache[k] = src.velodyne_poses() if src.has_poses else None
+            except (DataError, OSError, ValueError) as err:
+                log.warning("%s: no ego poses (%s); pose-based baselines skip it", src.name, err)
+                cache[k] = None
+        return cache[k]
+
     def encode(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One scan [N, 4] -> (frames [C, H, W] in [-1, 1], mask [1, H, W], range_m [1, H, W])."""
         proj = self.projection
@@ -472,10 +491,17 @@ class KittiRangeSequences(_ClipDataset):
             self.encode(src.read_velodyne(start + t * self.frame_step)) for t in range(self.length)
         ]
         frames, mask, range_m = (np.stack(parts) for parts in zip(*out))
+        poses = np.full((self.length, 4, 4), np.nan)
+        world = self._velodyne_poses(k)
+        if world is not None:
+            idx = [start + t * self.frame_step for t in range(self.length)]
+            # Relative to the sequence's first scan: small numbers, exact in float64.
+            poses = np.linalg.inv(world[idx[0]]) @ world[idx]
         return {
             "frames": torch.from_numpy(frames),
             "mask": torch.from_numpy(mask),
             "range_m": torch.from_numpy(range_m),
+            "poses": torch.from_numpy(poses),
             "drive": src.name,
             "start": start,
         }
