@@ -87,7 +87,11 @@ class STDiff(nn.Module):
     """``tde`` (:class:`TemporalDynamicsEncoder`) + ``unet`` (:class:`UNet2DMotionCond`).
 
     ``autoregressive``: the UNet input is ``cat([noisy, previous clean frame])`` (in_channels
-    = 2C; teacher forcing in training). Otherwise the noisy frame alone, or with
+    = 2C; teacher forcing in training). ``residual`` (autoregressive only; off in the published
+    model): the diffusion variable is the change from that previous frame,
+    ``(frame - previous) / residual_scale``, and sampling adds the previous frame back; with the
+    default scale 2 the change of two [-1, 1] frames stays in [-1, 1], so ``clip_sample`` clips
+    nothing that a frame could reach. Otherwise the noisy frame alone, or with
     ``concat_observed`` (the fork's non-autoregressive variant) ``cat([noisy, Vo as To*C
     channels])``. ``super_res_training``: observed frames are smaller than predicted ones and
     the previous frames are degraded down -> up to the observed resolution.
@@ -101,8 +105,16 @@ class STDiff(nn.Module):
         super_res_training: bool = False,
         concat_observed: bool = False,
         scheduler_config: dict[str, Any] | None = None,
+        residual: bool = False,
+        residual_scale: float = 2.0,
     ) -> None:
         super().__init__()
+        if residual and not autoregressive:
+            raise ValueError("STDiff: residual=True needs autoregressive=True (a previous frame)")
+        if not residual_scale > 0:
+            raise ValueError(f"STDiff: residual_scale must be > 0, got {residual_scale}")
+        self.residual = bool(residual)
+        self.residual_scale = float(residual_scale)
         self.tde = TemporalDynamicsEncoder(**tde)
         self.unet = UNet2DMotionCond(**unet)
         self.autoregressive = autoregressive
@@ -242,6 +254,18 @@ class STDiff(nn.Module):
             )
         return torch.cat([Vo_last_frame, Vp[:, :-1]], dim=1)
 
+    def to_diffusion(self, frames: Tensor, previous: Tensor) -> Tensor:
+        """Frames ``[B, C, H, W]`` -> the diffusion variable (identity unless ``residual``)."""
+        if not self.residual:
+            return frames
+        return (frames - previous.to(frames.dtype)) / self.residual_scale
+
+    def from_diffusion(self, x: Tensor, previous: Tensor) -> Tensor:
+        """Inverse of :meth:`to_diffusion`: a denoised sample ``[B, C, H, W]`` -> frames."""
+        if not self.residual:
+            return x
+        return previous.to(x.dtype) + self.residual_scale * x
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -314,6 +338,9 @@ class STDiff(nn.Module):
             )
         self.check_scheduler(scheduler)
         clean = Vp.flatten(0, 1)
+        if self.residual:
+            # The change from the teacher-forced previous frame (what sampling conditions on).
+            clean = self.to_diffusion(clean, self.teacher_forced_previous(Vo, Vp).flatten(0, 1))
         if noise is None:
             noise = randn_tensor(
                 tuple(clean.shape), generator=generator, device=clean.device, dtype=clean.dtype

@@ -386,6 +386,11 @@ class STDiffPipeline:
         if chunk_horizon is not None and chunk_horizon < 1:
             raise ValueError(f"STDiffPipeline: chunk_horizon must be >= 1, got {chunk_horizon}")
         trunc = None if frame_truncation is None else _check_truncation(frame_truncation)
+        if trunc is not None and model.residual:
+            raise ValueError(
+                "STDiffPipeline: frame_truncation is not supported for residual models (its "
+                "key-frame state lives in frame space)"
+            )
         memory, flow_method = _cross_frame_memory(cross_frame_attention)
         if model.super_res_training:
             size = frame_size or model.unet.sample_size
@@ -509,6 +514,8 @@ class STDiffPipeline:
                     )
                     if keep_at is not None:
                         key_state = kept
+                    # Residual models denoise the change from the previous frame.
+                    x = model.from_diffusion(x, prev)
                     if memory is not None:
                         gen = None
                         if memory.flow is not None:
