@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ torch.set_num_threads(2)
 
 REF_DIR = REFERENCE_DIR / "wfvae"
 ROOT = Path(__file__).resolve().parents[1]
+GROUPNORM_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "wfvae_v1_groupnorm.pt"
 
 # Latents / wavelet coefficients and decoded video (fp32 CPU float noise is ~1e-6 / ~3e-6).
 TOL_LATENT = 1e-5
@@ -83,6 +85,54 @@ def test_forward_deterministic_matches_fixture(model: WFVAE, fixture: dict) -> N
     out = model(fixture["x"], sample_posterior=False)
     assert _maxdiff(out.recon, fixture["recon"]) <= TOL_VIDEO
     assert _maxdiff(out.w2_hat, fixture["dec_w2"]) <= TOL_LATENT
+
+
+def _seeded_weights(keys: list, haar_keys: set[str], seed: int) -> dict[str, torch.Tensor]:
+    """The fixture's weight recipe (tests/fixtures/README.md): every non-Haar reference tensor in
+    sorted key order, from one generator: N(0, 1/fan_in) for >= 2D, 1 + 0.1 N for 1D weights
+    (norms), 0.1 N for biases."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in sorted(keys):
+        if name in haar_keys:
+            continue
+        if len(shape) >= 2:
+            w = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+        elif name.endswith(".weight"):
+            w = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            w = 0.1 * torch.randn(shape, generator=g)
+        out[name] = w
+    return out
+
+
+def _seeded_video(seed: int) -> torch.Tensor:
+    """The fixture's input ``[1, 3, 9, 32, 32]``: smooth noise with a per-frame brightness and
+    contrast, so per-frame and clip-wide norm statistics differ."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(1, 3, 9, 8, 8, generator=g)
+    x = torch.nn.functional.interpolate(
+        low, size=(9, 32, 32), mode="trilinear", align_corners=True
+    )
+    x = x + 0.1 * torch.randn(1, 3, 9, 32, 32, generator=g)
+    ramp = torch.linspace(-0.6, 0.6, 9).view(1, 1, 9, 1, 1)
+    gain = torch.linspace(0.5, 1.5, 9).view(1, 1, 9, 1, 1)
+    return torch.tanh(gain * x + ramp)
+
+
+@torch.no_grad()
+def test_groupnorm_parity() -> None:
+    """norm_type='groupnorm' (the published default): the published 2D ResNet blocks normalise
+    every frame alone, the 3D blocks, attention and output norms the whole clip."""
+    fx = torch.load(GROUPNORM_FIXTURE, weights_only=True)
+    sd = _seeded_weights(fx["keys"], set(fx["haar_keys"]), fx["weight_seed"])
+    sd.update(reference_haar_entries())
+    model = WFVAE.from_reference(sd, json.loads(fx["config"])).eval()
+    enc = model.encode(_seeded_video(fx["x_seed"]))
+    assert _maxdiff(enc.posterior.mean, fx["posterior_mean"]) <= 1e-4
+    assert _maxdiff(enc.posterior.logvar, fx["posterior_logvar"]) <= 1e-4
+    # |recon| reaches 3.7 here: 1e-4 is still ~30x the float noise.
+    assert _maxdiff(model.decode(fx["posterior_mean"]).video, fx["recon"]) <= 1e-4
 
 
 def test_reference_haar_entries_match_fixture(fixture: dict) -> None:

@@ -32,6 +32,7 @@ class _Checkpointable(nn.Module):
 class ResnetBlock2D(_Checkpointable):
     """Pre-activation ResNet block applied per frame: norm, SiLU, conv3x3, norm, SiLU, dropout,
     conv3x3, plus a 1x1 shortcut when the width changes. ``[B, Cin, T, H, W] -> [B, Cout, ...]``.
+    Every frame is processed alone, GroupNorm statistics included (as in the published code).
     """
 
     def __init__(
@@ -39,9 +40,9 @@ class ResnetBlock2D(_Checkpointable):
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = make_norm(in_channels, norm_type)
+        self.norm1 = make_norm(in_channels, norm_type, per_frame=True)
         self.conv1 = FrameConv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = make_norm(out_channels, norm_type)
+        self.norm2 = make_norm(out_channels, norm_type, per_frame=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = FrameConv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = (

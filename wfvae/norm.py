@@ -2,6 +2,8 @@
 
 Normalisation must act per position (over channels) for chunked inference to be lossless,
 which is why LayerNorm is the released choice; GroupNorm is kept for reference configs only.
+As in the published code, GroupNorm in the per-frame 2D blocks takes its statistics per frame
+(:class:`FrameGroupNorm`), everywhere else over the whole clip.
 """
 
 from __future__ import annotations
@@ -43,11 +45,35 @@ class ChannelLayerNorm(nn.Module):
         return f"{self.channels}, eps={self.eps}"
 
 
-def make_norm(channels: int, norm_type: NormType) -> nn.Module:
-    """Per-position LayerNorm (streamable) or the reference's GroupNorm(32, eps 1e-6)."""
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame: ``[B, C, T, H, W]`` is normalised as ``B*T`` images.
+
+    The published 2D ResNet block folds time into the batch before its norm, so each frame is
+    normalised alone there; a plain GroupNorm on the 5D tensor would pool all frames. 4D input
+    (images) is a plain GroupNorm. Same parameters (and state-dict keys) as ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 5:
+            return super().forward(x)
+        b, c, t, h, w = x.shape
+        # A free view on channels-last activations (a copy otherwise).
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        y = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return y.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def make_norm(channels: int, norm_type: NormType, per_frame: bool = False) -> nn.Module:
+    """Per-position LayerNorm (streamable) or the reference's GroupNorm(32, eps 1e-6).
+
+    ``per_frame``: GroupNorm statistics per frame (for the 2D blocks) instead of over the clip;
+    LayerNorm is per position either way.
+    """
     if norm_type == "layernorm":
         return ChannelLayerNorm(channels)
     if norm_type == "groupnorm":
+        if per_frame:
+            return FrameGroupNorm(32, channels, eps=1e-6, affine=True)
         # Normalises over time as well: full-clip inference only (chunking would change it).
         return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
     raise ValueError(f"norm_type must be 'layernorm' or 'groupnorm', got {norm_type!r}")
