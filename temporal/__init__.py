@@ -11,10 +11,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "warp": "temporal.warp",
-    "forward_splat": "temporal.warp",
-    "resize_flow": "temporal.warp",
-    "valid_mask": "temporal.warp",
+    "warp": "temporal.warping",
+    "forward_splat": "temporal.warping",
+    "resize_flow": "temporal.warping",
+    "valid_mask": "temporal.warping",
     "TemporalModule": "temporal.temporal_module",
     "MultiScaleTemporalFusion": "temporal.temporal_module",
     "WarpRefiner": "temporal.temporal_module",

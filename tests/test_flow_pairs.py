@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from temporal.warp import warp
+from temporal.warping import warp
 from wavecast.data.errors import DataError
 from wavecast.data.flow_pairs import (
     FlowPairDataModule,

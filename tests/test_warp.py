@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from temporal.warp import forward_splat, resize_flow, valid_mask, warp
+from temporal.warping import forward_splat, resize_flow, valid_mask, warp
 
 
 def _const_flow(b: int, h: int, w: int, dx: float, dy: float) -> torch.Tensor:
@@ -40,12 +39,17 @@ def test_align_corners_scale_moves_content_exactly_k_pixels() -> None:
     # content moved right by exactly k pixels: out(x) = x - k
     torch.testing.assert_close(out[..., k:], ramp[..., k:] - k, atol=1e-5, rtol=0)
 
-    # the align_corners=False scale (dx / (W / 2)) used with align_corners=True is off by k / W
-    base_x = 2 * torch.arange(w, dtype=torch.float32) / (w - 1) - 1
-    gx = (base_x - k / (w / 2)).view(1, 1, w).expand(1, h, w)
-    gy = torch.linspace(-1, 1, h).view(1, h, 1).expand(1, h, w)
-    wrong = F.grid_sample(ramp, torch.stack((gx, gy), -1), align_corners=True)
-    assert (wrong[..., k:] - (ramp[..., k:] - k)).abs().max() > 0.2
+    # The same for y on the non-square grid: a flow scaled by W instead of H (or by W/2, the
+    # align_corners=False convention) would move the content by a fraction of a pixel off k.
+    ramp_y = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(1, 1, h, w).contiguous()
+    out_y = warp(ramp_y, _const_flow(1, h, w, 0, k))
+    torch.testing.assert_close(out_y[..., k:, :], ramp_y[..., k:, :] - k, atol=1e-5, rtol=0)
+    # a fractional shift along both axes: out(x, y) = (x - 1.5) + 10 (y - 0.5), bilinear is exact
+    plane = ramp + 10 * ramp_y
+    out_xy = warp(plane, _const_flow(1, h, w, 1.5, 0.5))
+    torch.testing.assert_close(
+        out_xy[..., 1:, 2:], plane[..., 1:, 2:] - 1.5 - 5.0, atol=1e-4, rtol=0
+    )
 
 
 def test_fractional_shift_interpolates_linearly() -> None:
@@ -158,3 +162,27 @@ def test_half_precision_keeps_subpixel_positions_on_wide_grids(dtype: torch.dtyp
     splat = forward_splat(pattern, flow)
     assert splat.dtype == dtype
     torch.testing.assert_close(splat[..., 1:].float(), expected, atol=1e-2, rtol=0)
+
+
+def test_package_exports_are_the_documented_objects_whatever_was_imported_first() -> None:
+    """`from temporal import warp` is the function even after every submodule is loaded (a
+    submodule named like an export would be bound over it by the import system)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import temporal
+    from temporal import warping
+
+    submodules = {m.name for m in pkgutil.iter_modules(temporal.__path__)}
+    assert not submodules & set(temporal.__all__)
+    for name in sorted(submodules):
+        importlib.import_module(f"temporal.{name}")
+    from temporal import TemporalModule, warp
+
+    assert warp is warping.warp and callable(warp)
+    assert TemporalModule.__name__ == "TemporalModule"
+    for name in temporal.__all__:
+        obj = getattr(temporal, name)
+        assert not isinstance(obj, types.ModuleType), name
+        assert obj is getattr(importlib.import_module(temporal._EXPORTS[name]), name)

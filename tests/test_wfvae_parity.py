@@ -111,9 +111,7 @@ def _seeded_video(seed: int) -> torch.Tensor:
     contrast, so per-frame and clip-wide norm statistics differ."""
     g = torch.Generator().manual_seed(seed)
     low = torch.randn(1, 3, 9, 8, 8, generator=g)
-    x = torch.nn.functional.interpolate(
-        low, size=(9, 32, 32), mode="trilinear", align_corners=True
-    )
+    x = torch.nn.functional.interpolate(low, size=(9, 32, 32), mode="trilinear", align_corners=True)
     x = x + 0.1 * torch.randn(1, 3, 9, 32, 32, generator=g)
     ramp = torch.linspace(-0.6, 0.6, 9).view(1, 1, 9, 1, 1)
     gain = torch.linspace(0.5, 1.5, 9).view(1, 1, 9, 1, 1)
