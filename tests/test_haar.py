@@ -138,3 +138,29 @@ def test_kernels_are_not_parameters() -> None:
     m = HaarWavelet3D(3)
     assert list(m.parameters()) == []
     assert m.state_dict() == {}
+
+
+@pytest.mark.parametrize("t", [2, 4, 8])
+def test_3d_even_frame_count_is_refused(t: int) -> None:
+    """An even T would leave its last frame unpaired after the causal pad: the stride-2 conv
+    would drop it without a word. T = 2n+1 is required, as the VAE's frames_policy says."""
+    with pytest.raises(ValueError, match=rf"HaarWavelet3D: T \(dim 2\) = {t} frames"):
+        HaarWavelet3D(3)(torch.randn(1, 3, t, 8, 8))
+    # The final chunk of a chunked call too (here 4 + 1 carried frame + 4 = 9 padded frames).
+    fwd, cache = HaarWavelet3D(3), ChunkCache()
+    fwd(torch.randn(1, 3, 4, 8, 8), cache)
+    cache.final = True
+    with pytest.raises(ValueError, match="final chunk's T"):
+        fwd(torch.randn(1, 3, 4, 8, 8), cache)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7, 8), (1, 3, 5, 8, 9)])
+def test_odd_frame_size_is_refused(shape: tuple[int, ...]) -> None:
+    """An odd H or W would lose its last row or column the same way, in 3D and in 2D."""
+    name = "H" if shape[3] % 2 else "W"
+    with pytest.raises(ValueError, match=rf"HaarWavelet3D: {name} \(dim \d\) = \d is odd"):
+        HaarWavelet3D(3)(torch.randn(*shape))
+    with pytest.raises(ValueError, match=rf"HaarWavelet2D: {name} \(dim \d\) = \d is odd"):
+        HaarWavelet2D(3)(torch.randn(*shape))
+    with pytest.raises(ValueError, match=rf"HaarWavelet2D: {name} \(dim [23]\) = \d is odd"):
+        HaarWavelet2D(3)(torch.randn(1, 3, *shape[3:]))

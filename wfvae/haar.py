@@ -101,6 +101,16 @@ class _HaarBase(nn.Module):
             return out.contiguous(memory_format=torch.channels_last_3d)
         return out
 
+    def _check_even_space(self, x: Tensor) -> None:
+        """A stride-2 2x2 kernel would silently drop the last row / column of an odd size."""
+        for dim, name in ((-2, "H"), (-1, "W")):
+            if x.shape[dim] % 2:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} (dim {x.dim() + dim}) = {x.shape[dim]} is "
+                    f"odd (shape {tuple(x.shape)}); the 2x2 Haar needs even frame sizes, its last "
+                    f"{'row' if name == 'H' else 'column'} would be dropped"
+                )
+
     def _check_channels(self, x: Tensor, expected: int, what: str) -> None:
         if x.shape[1] != expected:
             raise ValueError(
@@ -115,6 +125,9 @@ class HaarWavelet3D(_HaarBase):
     Without a chunk cache (or on the first chunk) frame 0 is repeated once in front, so odd
     ``T = 2n + 1`` gives ``n + 1`` frames whose time-difference bands are 0 at t = 0. On later
     chunks the frames left over from the previous chunk are used instead of the pad.
+    An even ``T`` (or odd ``H`` / ``W``) is a ValueError: its last frame (row, column) would have
+    no partner and the stride-2 transform would drop it. Chunks may leave an unpaired frame for
+    the next chunk, except the final one.
     """
 
     def __init__(self, channels: int = 3, haar_scale: HaarScale = "orthonormal") -> None:
@@ -125,9 +138,17 @@ class HaarWavelet3D(_HaarBase):
         if x.dim() != 5:
             raise ValueError(f"HaarWavelet3D expects [B, C, T, H, W], got shape {tuple(x.shape)}")
         self._check_channels(x, self.channels, "input")
+        self._check_even_space(x)
         # Exact add/subtract: keep it out of low-precision autocast.
         with torch.autocast(x.device.type, enabled=False):
             xp = causal_time_pad(x, self, kernel_t=2, stride_t=2, cache=cache)
+            if xp.shape[2] % 2 and (cache is None or cache.final):
+                where = "T (dim 2)" if cache is None else "the final chunk's T (dim 2)"
+                raise ValueError(
+                    f"HaarWavelet3D: {where} = {x.shape[2]} frames (shape {tuple(x.shape)}) "
+                    f"leaves the last frame unpaired after the causal padding, and it would be "
+                    f"dropped; the causal 3D Haar needs T = 2n+1 frames (pad or trim the clip)"
+                )
             return self._like(F.conv3d(xp, self.weight.to(x.dtype), stride=2), x)
 
 
@@ -156,7 +177,8 @@ class InverseHaarWavelet3D(_HaarBase):
 
 
 class HaarWavelet2D(_HaarBase):
-    """2D Haar analysis per frame: ``[B, C, (T,) H, W] -> [B, 4C, (T,) H/2, W/2]``.
+    """2D Haar analysis per frame: ``[B, C, (T,) H, W] -> [B, 4C, (T,) H/2, W/2]``; odd ``H`` or
+    ``W`` is a ValueError (the last row / column would be dropped).
 
     The kernel is stored 5D ``[4C, C, 1, 2, 2]`` (every tensor of the model is 5D, so that
     ``model.to(memory_format=torch.channels_last_3d)`` works).
@@ -166,14 +188,15 @@ class HaarWavelet2D(_HaarBase):
         super().__init__(haar_kernels_2d().unsqueeze(1), channels)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() not in (4, 5):
+            raise ValueError(f"HaarWavelet2D expects a 4D or 5D tensor, got shape {tuple(x.shape)}")
         self._check_channels(x, self.channels, "input")
+        self._check_even_space(x)
         with torch.autocast(x.device.type, enabled=False):
             w = self.weight.to(x.dtype)
             if x.dim() == 5:
                 return self._like(F.conv3d(x, w, stride=(1, 2, 2)), x)
-            if x.dim() == 4:
-                return F.conv2d(x, w.squeeze(2), stride=2)
-        raise ValueError(f"HaarWavelet2D expects a 4D or 5D tensor, got shape {tuple(x.shape)}")
+            return F.conv2d(x, w.squeeze(2), stride=2)
 
 
 class InverseHaarWavelet2D(_HaarBase):
