@@ -32,6 +32,18 @@ re-projected clouds, LPIPS (local AlexNet weights only). Each is reported as the
 samples (`test/mean_of_k/...`) and, separately, best of K (`test/best_of_k/...`: per sequence
 the sample whose sequence-mean of that same metric is best). Nothing else ever looks at the
 ground truth to choose a sample. Per-step arrays go into `eval_report()` (metrics.json).
+Two range metrics: `range_l1_m` on every true return (a cell the forecast leaves empty costs
+its whole range) and `range_l1_both_m` on the cells that are returns in both the forecast and
+the truth (the convention of issue 12's copy-last figures; Chamfer then covers the coverage).
+
+Baselines (`baselines`, default both; `wavecast.metrics.range_baselines`), scored by the same
+`score` as the samples: `copy_last` (the last observed frame repeated) and
+`constant_velocity` (the last observed scan moved by the ego-motion extrapolated from the
+observed poses of the batch, re-projected; spherical projection only). Their metrics are
+`test/copy_last/<metric>`, `test/constant_velocity/<metric>`, and every range metric is also
+reported flat per step and method: `test/<metric>/step<k>/<method>` with `<metric>` in
+range_l1_m, range_l1_both_m, chamfer_m, `k` = 1..n_pred, `<method>` in copy_last,
+constant_velocity, mean_of_k, best_of_k.
 `analyses=[continuity]` records the adjacent-frame continuity of the first test batch over the
 denoising steps (`temporal.continuity.ContinuityRecorder`) and writes its PNG / NPZ / JSON into
 `<run dir>/continuity/`.
@@ -66,6 +78,7 @@ from wavecast.lr_schedule import build_lr_scheduler
 from wavecast.metrics.image import psnr, ssim
 from wavecast.metrics.lpips import LPIPS
 from wavecast.metrics.range import chamfer_distance, range_l1
+from wavecast.metrics.range_baselines import constant_velocity, copy_last
 from wavecast.metrics.weights import notice_once
 
 log = logging.getLogger(__name__)
@@ -76,9 +89,13 @@ HIGHER_IS_BETTER = {
     "psnr": True,
     "ssim": True,
     "range_l1_m": False,
+    "range_l1_both_m": False,
     "chamfer_m": False,
     "lpips": False,
 }
+BASELINES = ("copy_last", "constant_velocity")
+#: Metrics reported flat per step and method (test/<metric>/step<k>/<method>).
+FLAT_METRICS = ("range_l1_m", "range_l1_both_m", "chamfer_m")
 _LPIPS_MIN_SIZE = 32  # AlexNet's pooling stack needs at least this many pixels per side
 
 
@@ -113,6 +130,8 @@ class STDiffModule(pl.LightningModule):
         continuity_sequences: sequences of the first test batch the continuity analysis keeps.
         continuity_dir: where the continuity files go (None = `<trainer.default_root_dir>/continuity`).
         sample_seed: seed of the validation / test sampling noise (per batch: seed + batch index).
+        baselines: trivial forecasts scored beside the samples in test (subset of
+            ``("copy_last", "constant_velocity")``; the latter needs ``poses`` in the batch).
     """
 
     def __init__(
@@ -141,6 +160,7 @@ class STDiffModule(pl.LightningModule):
         continuity_sequences: int = 2,
         continuity_dir: str | None = None,
         sample_seed: int = 0,
+        baselines: list[str] | tuple[str, ...] = BASELINES,
     ) -> None:
         super().__init__()
         if not isinstance(net, STDiff):
@@ -168,6 +188,10 @@ class STDiffModule(pl.LightningModule):
             raise ConfigError(f"model.rand_Tp must be >= 1 or null, got {rand_Tp}")
         if not time_step > 0:
             raise ConfigError(f"model.time_step must be > 0, got {time_step}")
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"model.baselines: unknown {unknown}; known: {list(BASELINES)}")
+        self.baselines = tuple(str(b) for b in baselines)
         self.net = net
         self.noise_scheduler = noise_scheduler
         # The training schedule travels with the weights (net extra state).
@@ -547,8 +571,55 @@ class STDiffModule(pl.LightningModule):
             mean_k, best_k = reduce_over_samples(values, HIGHER_IS_BETTER[name])
             self._test_records.setdefault(f"mean_of_k/{name}", []).append(mean_k.cpu())
             self._test_records.setdefault(f"best_of_k/{name}", []).append(best_k.cpu())
+        for method, frames in self.baseline_forecasts(vo, batch).items():
+            for name, values in self.score(frames.unsqueeze(0), vp, batch).items():
+                values = values[0].double()
+                if method == "constant_velocity":  # sequences without poses: nothing to score
+                    values[~self._has_poses(batch).to(values.device)] = float("nan")
+                self._test_records.setdefault(f"{method}/{name}", []).append(values.cpu())
         if batch_idx == 0 and self.global_rank == 0:
             self._log_test_media(vo, pred[0], vp)
+
+    @staticmethod
+    def _has_poses(batch: Mapping[str, Any]) -> Tensor:
+        """[B] bool: the sequence's poses are all finite."""
+        return torch.isfinite(batch["poses"].flatten(1)).all(dim=1)
+
+    def baseline_forecasts(self, vo: Tensor, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The configured baselines as images ``[B, Tp, C, H, W]`` in [-1, 1] (model space),
+        so that `score` treats them exactly like samples."""
+        out: dict[str, Tensor] = {}
+        if "copy_last" in self.baselines:
+            out["copy_last"] = copy_last(vo.float(), self.n_pred)
+        if "constant_velocity" in self.baselines:
+            proj = self._projection or RangeProjection()
+            if "poses" not in batch:
+                notice_once(
+                    "stdiff-cv-poses", "constant_velocity baseline skipped: no poses in the batch"
+                )
+            elif proj.method != "spherical":
+                notice_once(
+                    "stdiff-cv-method",
+                    "constant_velocity baseline skipped: it re-projects with the spherical "
+                    f"projection, the data uses {proj.method!r}",
+                )
+            else:
+                last_m = batch["range_m"][:, self.n_obs - 1, 0].float()
+                poses = batch["poses"][:, : self.n_obs].double().nan_to_num(nan=0.0)
+                poses[~self._has_poses(batch)] = torch.eye(4, dtype=poses.dtype)
+                moved = constant_velocity(last_m, poses, self.n_pred, proj).to(vo.device)
+                spec = self.data_spec or {}
+                image, _ = normalize_range(
+                    moved,
+                    spec.get("normalization", "log2_81"),
+                    proj.min_range,
+                    proj.max_range or 80.0,
+                )
+                # Other channels (reflectance) as copy-last: only the range is moved.
+                frames = copy_last(vo.float(), self.n_pred)
+                frames[:, :, self.range_channel] = image.to(frames.dtype)
+                out["constant_velocity"] = frames
+        return out
 
     def score(self, pred: Tensor, vp: Tensor, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Per-sample, per-step metrics ``[K, B, Tp]`` of ``pred [K, B, Tp, C, H, W]``."""
@@ -564,8 +635,12 @@ class STDiffModule(pl.LightningModule):
         out["range_l1_m"] = range_l1(
             self.to_metres(pred, keep_empty=False), gt_m.expand(k, -1, -1, -1, -1), gt_valid
         )
+        pred_m = self.to_metres(pred, keep_empty=True)
+        out["range_l1_both_m"] = range_l1(
+            pred_m, gt_m.expand(k, -1, -1, -1, -1), gt_valid & (pred_m > 0)
+        )
         if self.chamfer:
-            out["chamfer_m"] = self.chamfer_per_step(self.to_metres(pred, keep_empty=True), gt_m)
+            out["chamfer_m"] = self.chamfer_per_step(pred_m, gt_m)
         if self.lpips_metric is not None:
             h, w = pred.shape[-2:]
             if min(h, w) < _LPIPS_MIN_SIZE:
@@ -633,6 +708,12 @@ class STDiffModule(pl.LightningModule):
             report[f"test/{name}"] = overall
             report[f"test/{name}_per_step"] = [float(v) for v in per_step]
             report[f"test/{name}_nan_count"] = int(torch.isnan(values).sum())
+        for metric in FLAT_METRICS:
+            for method in ("copy_last", "constant_velocity", "mean_of_k", "best_of_k"):
+                for k, v in enumerate(report.get(f"test/{method}/{metric}_per_step", []), 1):
+                    key = f"test/{metric}/step{k}/{method}"
+                    report[key] = v
+                    self.log(key, v, sync_dist=False, rank_zero_only=True)
         if self._test_records:
             any_key = next(iter(self._test_records))
             report["test/num_sequences"] = int(sum(c.shape[0] for c in self._test_records[any_key]))
