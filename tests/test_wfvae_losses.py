@@ -69,7 +69,12 @@ def test_discriminator_follows_reference_recipe():
         (2, 2, 2), (2, 2, 2), (1, 2, 2), (1, 2, 2), (1, 1, 1), (1, 1, 1),
     ]  # fmt: skip
     assert [convs[i].out_channels for i in sorted(convs)] == [8, 16, 32, 64, 64, 1]
-    assert all(c.kernel_size == (3, 3, 3) and c.padding == (1, 1, 1) for c in convs.values())
+    assert all(c.kernel_size == (3, 3, 3) for c in convs.values())
+    # 3x3x3 zero padding 1 on every axis (time padded outside the conv: same numbers)
+    for c in (convs[2], convs[14]):
+        x = torch.randn(1, c.in_channels, 2, 6, 6)
+        want = torch.nn.functional.conv3d(x, c.weight, c.bias, c.stride, padding=1)
+        torch.testing.assert_close(c(x), want, atol=1e-6, rtol=0)
     assert [convs[i].bias is None for i in sorted(convs)] == [False, True, True, True, True, False]
     assert all(isinstance(d.main[i], nn.BatchNorm3d) for i in (3, 7, 11, 15))
     assert all(d.main[i].negative_slope == 0.2 for i in (1, 4, 8, 12, 16))
@@ -80,6 +85,50 @@ def test_discriminator_follows_reference_recipe():
     assert sum(p.numel() for p in d.parameters()) == n
     out = d(torch.randn(2, 3, 17, 64, 64))
     assert out.shape == (2, 1, 5, 4, 4)
+
+
+_BF16_DISC_GRADS = """
+import torch
+from wfvae.discriminator import PatchDiscriminator3D
+torch.manual_seed(0)
+d = PatchDiscriminator3D(ndf=4, n_layers=2, norm="batch", dropout=0.0)
+x = torch.randn(1, 3, 5, 16, 16).tanh()  # 5 frames: the last two convs see 2 frames
+grads = []
+for bf16 in (True, False):
+    d.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = d(x).float().mean()
+    loss.backward()
+    grads.append({n: p.grad.clone() for n, p in d.named_parameters()})
+for n, g32 in grads[1].items():
+    g16 = grads[0][n]
+    err = ((g16 - g32).abs().max() / g32.abs().max()).item()
+    assert torch.isfinite(g16).all() and err < 0.1, (n, err, g16.abs().max().item())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_discriminator_bf16_gradients_match_fp32(threads):
+    """Under bf16 autocast every discriminator gradient is the fp32 one to bf16 precision. Run
+    with oneDNN held to AVX512_CORE (no native bf16: its jit_bf16 weight-gradient kernel),
+    where a 2-frame input padded at both ends in time gave |g| ~ 1e37 on one thread."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OMP_NUM_THREADS": str(threads)}
+    res = subprocess.run(
+        [sys.executable, "-c", _BF16_DISC_GRADS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
 
 
 def test_discriminator_init_and_group_norm():

@@ -13,10 +13,16 @@ with ``n_layers=4`` and dropout 0.3. The layers sit in ``main`` at the reference
 reference discriminator state dict (``discriminator.main.*`` without the prefix) loads as is.
 ``norm="group"`` swaps BatchNorm3d for GroupNorm (batch statistics are noise at batch 1-2 per
 device); ``"none"`` uses no norm (convs then keep their bias).
+
+The time axis is zero-padded by ``F.pad`` before each conv rather than by the conv's own padding
+(the same numbers): oneDNN's bf16 weight-gradient kernel for CPUs without native bf16
+(``jit_bf16:avx512_core``) returns garbage (|g| ~ 1e37, then NaN) on one thread when the conv pads
+both ends of a 2-frame input, which the last layers see for 5-frame clips.
 """
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _NORMS = ("batch", "group", "none")
@@ -28,6 +34,24 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "group":
         return nn.GroupNorm(min(32, channels), channels)
     return nn.Identity()
+
+
+class TimePaddedConv3d(nn.Conv3d):
+    """3x3x3 conv with padding 1 whose time padding is explicit zeros (see the module docstring):
+    ``[B, Cin, T, H, W] -> [B, Cout, (T-1)//s + 1, ...]`` like ``nn.Conv3d(padding=1)``, same
+    parameters and state-dict keys."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int | tuple[int, int, int] = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(in_channels, out_channels, 3, stride=stride, padding=(0, 1, 1), bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (0, 0, 0, 0, 1, 1)))
 
 
 def init_weights(m: nn.Module) -> None:
@@ -66,20 +90,15 @@ class PatchDiscriminator3D(nn.Module):
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         bias = norm == "none"
         layers: list[nn.Module] = [
-            nn.Conv3d(in_channels, ndf, 3, stride=2, padding=1),
+            TimePaddedConv3d(in_channels, ndf, stride=2),
             nn.LeakyReLU(0.2, inplace=True),
         ]
         mult = 1
         for n in range(1, n_layers):
             prev, mult = mult, min(2**n, 8)
             layers += [
-                nn.Conv3d(
-                    ndf * prev,
-                    ndf * mult,
-                    3,
-                    stride=(2 if n == 1 else 1, 2, 2),
-                    padding=1,
-                    bias=bias,
+                TimePaddedConv3d(
+                    ndf * prev, ndf * mult, stride=(2 if n == 1 else 1, 2, 2), bias=bias
                 ),
                 _norm(norm, ndf * mult),
                 nn.LeakyReLU(0.2, inplace=True),
@@ -87,11 +106,11 @@ class PatchDiscriminator3D(nn.Module):
             ]
         prev, mult = mult, min(2**n_layers, 8)
         layers += [
-            nn.Conv3d(ndf * prev, ndf * mult, 3, stride=1, padding=1, bias=bias),
+            TimePaddedConv3d(ndf * prev, ndf * mult, bias=bias),
             _norm(norm, ndf * mult),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Dropout(dropout),
-            nn.Conv3d(ndf * mult, 1, 3, stride=1, padding=1),
+            TimePaddedConv3d(ndf * mult, 1),
         ]
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
