@@ -5,7 +5,11 @@ Two layers of checking, both before anything heavy is built:
 * `validate_targets`: every node with a `_target_` is checked against the signature of the class
   or function it names: unknown keys (with a "did you mean"), missing required arguments and
   wrong scalar types fail with the full dotted key. The signatures are the schema, so configs
-  and code cannot drift apart.
+  and code cannot drift apart. Keys that a target passes on through ``**kwargs`` are checked
+  against the signature of what receives them (`_KWARGS_RECEIVERS`: ``WandbLogger`` ->
+  ``wandb.init``, ...). Annotations that do not resolve only skip the type check of their own
+  parameter. What cannot be checked (no signature, ``**kwargs`` going nowhere known) is logged
+  as a warning naming the key.
 * `validate_run_keys`: the top-level keys of train.yaml / eval.yaml against a dataclass schema
   (OmegaConf structured config, which names the full key on a type error).
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import importlib
 import inspect
+import logging
 import types
 import typing
 from pathlib import Path
@@ -25,6 +31,31 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+log = logging.getLogger(__name__)
+
+#: Where a target's ``**kwargs`` go, by the qualified name of the class (or a base class): the
+#: receivers to try in order (the first that imports is the one used) and the parameters the
+#: target fills in itself (not the config's to give).
+_KWARGS_RECEIVERS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
+    "lightning.pytorch.loggers.wandb.WandbLogger": (("wandb.init",), frozenset()),
+    "lightning.fabric.loggers.tensorboard.TensorBoardLogger": (
+        ("torch.utils.tensorboard.SummaryWriter", "tensorboardX.SummaryWriter"),
+        frozenset({"log_dir"}),
+    ),
+    "lightning.pytorch.strategies.ddp.DDPStrategy": (
+        ("torch.nn.parallel.DistributedDataParallel",),
+        frozenset({"module", "device_ids"}),
+    ),
+    "lightning.pytorch.strategies.fsdp.FSDPStrategy": (
+        ("torch.distributed.fsdp.FullyShardedDataParallel",),
+        frozenset({"module"}),
+    ),
+    "lightning.pytorch.callbacks.weight_averaging.WeightAveraging": (
+        ("torch.optim.swa_utils.AveragedModel",),
+        frozenset({"model", "device", "use_buffers"}),
+    ),
+}
 
 
 class ConfigError(ValueError):
@@ -91,12 +122,62 @@ def _signature(obj: Any) -> inspect.Signature | None:
 
 
 def _type_hints(obj: Any) -> dict[str, Any]:
+    """Parameter annotations of ``obj`` (its ``__init__`` for a class), resolved one by one:
+    a forward reference that does not resolve (e.g. a name imported only for type checkers)
+    leaves out that parameter alone, not the whole signature."""
     fn = obj.__init__ if inspect.isclass(obj) else obj
     try:
         return typing.get_type_hints(fn)
     except Exception:
-        # Unresolvable forward references: check only what we can.
+        pass
+    sig = _signature(fn)
+    if sig is None:
         return {}
+    module = inspect.getmodule(inspect.unwrap(fn))
+    globalns = dict(vars(module)) if module is not None else {}
+    hints: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        ann = p.annotation
+        if ann is inspect.Parameter.empty:
+            continue
+        if isinstance(ann, str):
+            try:
+                ann = eval(ann, globalns, dict(vars(typing)))  # noqa: S307 (library annotations)
+            except Exception:
+                continue
+        hints[name] = ann
+    return hints
+
+
+def _named_params(sig: inspect.Signature) -> tuple[dict[str, inspect.Parameter], bool]:
+    """(the named parameters, whether it takes ``**kwargs``)."""
+    params = sig.parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {
+        n: p
+        for n, p in params.items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and n != "self"
+    }
+    return named, takes_kwargs
+
+
+def _kwargs_receiver(target: Any) -> tuple[str, Any, frozenset[str]] | None | bool:
+    """The callable that receives ``target``'s ``**kwargs``: ``(path, object, filled)``; None when
+    unknown; False when known but none of its candidates imports."""
+    for cls in inspect.getmro(target) if inspect.isclass(target) else (target,):
+        entry = _KWARGS_RECEIVERS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if entry is None:
+            continue
+        paths, filled = entry
+        for path in paths:
+            module, _, attr = path.rpartition(".")
+            try:
+                return path, getattr(importlib.import_module(module), attr), filled
+            except Exception:  # ImportError and what a broken optional package raises
+                continue
+        return False
+    return None
 
 
 def _matches(value: Any, ann: Any) -> bool | None:
@@ -133,19 +214,77 @@ def _matches(value: Any, ann: Any) -> bool | None:
     return None
 
 
+def _check_types(node: dict, keys: list[str], hints: dict[str, Any], key: str, owner: str) -> None:
+    for k in keys:
+        if k in hints and _matches(node[k], hints[k]) is False:
+            raise ConfigError(
+                f"{key}.{k}: expected {hints[k]}, got {type(node[k]).__name__} {node[k]!r} "
+                f"(for {owner})"
+            )
+
+
+def _check_forwarded(node: dict, extra: list[str], target: Any, own: list[str], key: str) -> None:
+    """``extra``: keys beyond ``target``'s named parameters ``own``, which it passes on through
+    ``**kwargs``."""
+    name = node["_target_"]
+    receiver = _kwargs_receiver(target)
+    if not receiver:
+        why = "is not installed" if receiver is False else "is not known"
+        log.warning(
+            "config check: %s: %s takes **kwargs and what receives them %s; key(s) %s not checked",
+            key,
+            name,
+            why,
+            extra,
+        )
+        return
+    path, obj, filled = receiver
+    sig = _signature(obj)
+    if sig is None:
+        log.warning(
+            "config check: %s: cannot read the signature of %s (receives the **kwargs of %s); "
+            "key(s) %s not checked",
+            key,
+            path,
+            name,
+            extra,
+        )
+        return
+    named, takes_kwargs = _named_params(sig)
+    accepted = {n: p for n, p in named.items() if n not in filled}
+    for k in extra:
+        if k not in accepted and not takes_kwargs:
+            close = difflib.get_close_matches(k, [*own, *accepted], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"{key}.{k}: unknown key for {name}, nor accepted by {path}, which receives its "
+                f"other keyword arguments{hint}; accepted: {sorted(own)} and {sorted(accepted)}"
+            )
+    if takes_kwargs:
+        unchecked = [k for k in extra if k not in accepted]
+        if unchecked:
+            log.warning(
+                "config check: %s: %s passes them on to %s, which takes **kwargs too; key(s) %s "
+                "not checked",
+                key,
+                name,
+                path,
+                unchecked,
+            )
+    _check_types(node, [k for k in extra if k in accepted], _type_hints(obj), key, path)
+
+
 def _check_target_node(node: dict, key: str) -> None:
     target = _resolve_target(node["_target_"], key)
     sig = _signature(target)
     if sig is None:
+        log.warning(
+            "config check: %s: cannot read the signature of %s; its keys are not checked",
+            key,
+            node["_target_"],
+        )
         return
-    params = sig.parameters
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = {
-        n: p
-        for n, p in params.items()
-        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        and n != "self"
-    }
+    named, takes_kwargs = _named_params(sig)
     given = [k for k in node if k not in _HYDRA_KEYS]
     for k in given:
         if k not in named and not takes_kwargs:
@@ -154,6 +293,9 @@ def _check_target_node(node: dict, key: str) -> None:
             raise ConfigError(
                 f"{key}.{k}: unknown key for {node['_target_']}{hint}; accepted: {sorted(named)}"
             )
+    extra = [k for k in given if k not in named]
+    if extra:
+        _check_forwarded(node, extra, target, list(named), key)
     if not node.get("_partial_", False):
         n_args = len(node.get("_args_", []))
         positional = [
@@ -165,13 +307,7 @@ def _check_target_node(node: dict, key: str) -> None:
         missing = [n for n in required if n not in node and n not in positional[:n_args]]
         if missing:
             raise ConfigError(f"{key}: missing required value(s) {missing} for {node['_target_']}")
-    hints = _type_hints(target)
-    for k in given:
-        if k in hints and _matches(node[k], hints[k]) is False:
-            raise ConfigError(
-                f"{key}.{k}: expected {hints[k]}, got {type(node[k]).__name__} {node[k]!r} "
-                f"(for {node['_target_']})"
-            )
+    _check_types(node, [k for k in given if k in named], _type_hints(target), key, node["_target_"])
 
 
 def _walk(node: Any, key: str) -> None:
