@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from tests.conftest import CONFIG_DIR, compose
@@ -29,20 +32,66 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path, synthetic_ki
     assert objs["trainer"].max_epochs == cfg.trainer.max_epochs
     assert sum(p.numel() for p in objs["model"].parameters()) > 0
     if cfg.data.get("synthetic"):  # real-data experiments (odometry, target runs) need real folders
-        objs["datamodule"].prepare_data()
-        objs["datamodule"].setup("fit")
+        dm = objs["datamodule"]
+        dm.prepare_data()
+        dm.setup("fit")
+        assert len(dm.train_dataloader()) > 0 and len(dm.val_dataloader()) > 0
+        item = dm.train_dataloader().dataset[0]
+        assert all(v.isfinite().all() for v in item.values() if isinstance(v, torch.Tensor))
+        if "video" in item:  # the clip the config asks for
+            h, w = cfg.data.image_size
+            assert tuple(item["video"].shape) == (3, cfg.data.clip_length, h, w)
 
 
-@pytest.mark.parametrize(
-    "trainer", ["default", "cpu", "gpu", "ddp", "ddp_sim", "ddp_spawn_sim", "fsdp"]
-)
+# What each trainer config must give, written out by hand.
+TRAINERS = {
+    "default": dict(accelerator="cpu", devices=1, precision="32-true", strategy=None),
+    "cpu": dict(accelerator="cpu", devices=1, precision="32-true", strategy=None),
+    "gpu": dict(accelerator="gpu", devices=1, precision="bf16-mixed", strategy=None),
+    "ddp": dict(accelerator="gpu", devices=4, precision="bf16-mixed", strategy=("nccl", "popen")),
+    "ddp_sim": dict(accelerator="cpu", devices=2, precision="32-true", strategy=("gloo", "popen")),
+    "ddp_spawn_sim": dict(
+        accelerator="cpu", devices=2, precision="32-true", strategy=("gloo", "spawn")
+    ),
+    "fsdp": dict(accelerator="gpu", devices=4, precision="bf16-mixed", strategy="fsdp"),
+}
+
+
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
 def test_trainer_configs_compose(trainer, tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    from wavecast.checkpoint_io import AtomicCheckpointIO
+
+    want = TRAINERS[trainer]
     cfg = compose("train.yaml", [f"trainer={trainer}"], tmp_path)
     validate_config(cfg)
+    t = cfg.trainer
+    assert (t.accelerator, t.devices, t.precision) == (
+        want["accelerator"], want["devices"], want["precision"],
+    )  # fmt: skip
+    strategy = instantiate(t.strategy) if "strategy" in t else None
+    if want["strategy"] is None:
+        assert strategy is None
+    elif want["strategy"] == "fsdp":
+        assert isinstance(strategy, FSDPStrategy)
+        assert strategy.sharding_strategy.name == "FULL_SHARD"
+    else:
+        assert isinstance(strategy, DDPStrategy)
+        assert (strategy._process_group_backend, strategy._start_method) == want["strategy"]
+    if t.accelerator == "cpu":  # a GPU trainer cannot be built here
+        built = instantiate(t, logger=False)
+        assert isinstance(built, pl.Trainer) and built.num_devices == want["devices"]
+        assert isinstance(built.strategy, DDPStrategy if strategy else SingleDeviceStrategy)
+        assert isinstance(built.strategy.checkpoint_io, AtomicCheckpointIO)
+        assert built.default_root_dir == str(tmp_path)
 
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb", "many", "none"])
 def test_logger_configs_instantiate(logger, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
     cfg = compose(
         "train.yaml",
         [f"logger={logger}", "logger.wandb.offline=true"]
@@ -51,8 +100,15 @@ def test_logger_configs_instantiate(logger, tmp_path):
         tmp_path,
     )
     validate_config(cfg)
-    for node in (cfg.logger or {}).values():
-        instantiate(node)
+    built = {name: instantiate(node) for name, node in (cfg.logger or {}).items()}
+    kinds = {"csv": CSVLogger, "tensorboard": TensorBoardLogger, "wandb": WandbLogger}
+    want = {"many": ["csv", "tensorboard", "wandb"], "none": []}.get(logger, [logger])
+    assert sorted(built) == want
+    for name, obj in built.items():
+        assert isinstance(obj, kinds[name])
+        assert Path(obj.save_dir) == tmp_path  # under the run directory
+    if "wandb" in built:
+        assert built["wandb"]._offline and built["wandb"]._wandb_init["project"] == "wavecast"
 
 
 def test_eval_config_requires_checkpoint(tmp_path):
@@ -115,4 +171,11 @@ def test_pad_policy_accepts_any_clip_length(tmp_path, synthetic_kitti):
         ],
         tmp_path,
     )
-    build(cfg)
+    objs = build(cfg)
+    net = objs["model"].net
+    assert net.frames_policy == "pad"
+    # An 8-frame clip is padded to 9 inside and comes back with its own 8 frames.
+    h, w = cfg.data.image_size
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 8, h, w), sample_posterior=False)
+    assert out.recon.shape == (1, 3, 8, h, w)
