@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -60,15 +59,17 @@ def test_linear_ramp_logged_then_learned_alpha_takes_over(tmp_path: Path) -> Non
     logged = {int(r["step"]): float(r["alpha/value"]) for r in rows if r.get("alpha/value")}
     used = {int(r["step"]): float(r["alpha/used"]) for r in rows if r.get("alpha/used")}
     assert sorted(logged) == list(range(7))
-    for s in range(steps):
-        expected = start + (target - start) * s / steps
+    # 0.1 -> 0.5 over 4 steps, by hand: +0.1 per step
+    for s, expected in enumerate([0.1, 0.2, 0.3, 0.4]):
         assert logged[s] == pytest.approx(expected, abs=1e-6), s
         assert used[s] == pytest.approx(expected, abs=1e-6), s
-    # handover at the end of the warmup: the learned alpha starts at the target ...
+    # handover at step 4, the end of the warmup: the learned alpha starts at the target ...
     assert logged[steps] == pytest.approx(target, abs=1e-6)
     assert used[steps] == pytest.approx(target, abs=1e-6)
-    # ... and then moves with the optimizer (the loss pulls it up)
-    assert logged[6] > target + 1e-3
+    # ... and step 4 already trains it: at step 5 it has moved (the loss pulls it up). A warmup
+    # one step too long would still hold the ramp's last value, 0.5, at step 5.
+    assert logged[steps + 1] > target + 1e-3
+    assert logged[6] > logged[5]
     assert used == pytest.approx(logged, abs=1e-6)
     # alpha_param got zero gradient during the warmup (Adam leaves it unchanged) and
     # requires_grad was never toggled
@@ -88,8 +89,8 @@ def test_cosine_ramp_and_multiple_modules(tmp_path: Path) -> None:
     rows = _fit(tmp_path, model, warmup, max_steps=3)
     for key in ("alpha/value/fusions.a", "alpha/value/fusions.b"):
         logged = {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
-        for s in range(3):
-            expected = 0.6 * 0.5 * (1 - math.cos(math.pi * s / 3))
+        # 0.6 * (1 - cos(pi s / 3)) / 2 by hand: cos 0 = 1, cos(pi/3) = 1/2, cos(2 pi/3) = -1/2
+        for s, expected in enumerate([0.0, 0.15, 0.45]):
             assert logged[s] == pytest.approx(expected, abs=1e-6)
 
 
