@@ -312,6 +312,32 @@ def test_adaptive_weight_closed_form(reduction):
     assert w.grad.item() == pytest.approx(n * b + expected_w * g, rel=1e-4)
 
 
+def test_disc_factor_scales_both_gan_terms():
+    """disc_factor = 0.25 multiplies the generator's GAN term (not the adaptive weight) and the
+    discriminator loss, as in the reference (d_weight * disc_factor * g_loss)."""
+    b, k = 0.5, 4.0
+    w = nn.Parameter(torch.tensor(1.0))
+    x = torch.zeros(1, 3, 5, 8, 8)
+    out = fake_output(x, 0.0, 0.0, with_wavelets=False)
+    out.recon = w * torch.full_like(x, b)
+    loss_fn = WFVAELoss(
+        perceptual_weight=0.0, kl_weight=0.0, disc=ConstDisc(k), disc_start=0,
+        disc_weight=0.5, disc_factor=0.25,
+    )  # fmt: skip
+    total, logs = loss_fn.generator_loss(x, out, 0, last_layer=w)
+    # d_weight = 0.5 * |d rec/dw| / |d g/dw| = 0.5 * b / (k b) = 0.125, whatever the factor
+    assert logs["d_weight"].item() == pytest.approx(0.125, rel=1e-5)
+    assert logs["disc_factor"].item() == 0.25
+    # total = rec + d_weight * factor * g = 0.5 + 0.125 * 0.25 * (-2) = 0.4375
+    assert total.item() == pytest.approx(0.4375, rel=1e-5)
+    total.backward()  # d/dw: b + 0.125 * 0.25 * (-k b) = 0.5 - 0.0625
+    assert w.grad.item() == pytest.approx(0.4375, rel=1e-4)
+    # the discriminator's hinge loss 0.5 * (relu(1 - 2) + relu(1 + 1)) = 1, times 0.25
+    real, fake = torch.full_like(x, 0.5), torch.full_like(x, 0.25)  # logits 2 and 1
+    d_loss, _ = loss_fn.discriminator_loss(real, fake, 0)
+    assert d_loss.item() == pytest.approx(0.25 * 0.5 * (0.0 + 2.0), rel=1e-6)
+
+
 def test_adaptive_weight_clamped_and_fallbacks(caplog):
     w = nn.Parameter(torch.tensor(1.0))
     x = torch.zeros(1, 3, 5, 8, 8)
