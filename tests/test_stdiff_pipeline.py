@@ -198,3 +198,27 @@ def test_super_resolution_and_non_autoregressive_sampling():
     assert out["frames"].shape == (1, 2, 1, 1, 16, 32)
     with pytest.raises(ValueError, match="frame_size"):
         STDiffPipeline(nar)(clip(), IDX_O, torch.tensor([3.0]), frame_size=(32, 64))
+
+
+def test_conditioning_frames_are_clamped_to_the_data_range():
+    """Observed frames may leave [-1, 1] (a sensor's outliers, a badly scaled input): what
+    conditions the next frame is clamped to the data range, in both conditioning modes."""
+    model = tiny()
+    log: list = []
+    install_oracle(model, log)
+    vo = clip() * 3  # observed values up to +-3
+    out = STDiffPipeline(model)(vo, IDX_O, torch.tensor([3.0, 4.0]), num_inference_steps=2)
+    # written out: frame 0 from the clamped last observation, frame 1 from the clamped frame 0
+    prev = torch.clamp(vo[:, -1], -1, 1)
+    assert (
+        vo[:, -1].abs().max() > 2 and torch.equal(log[0][1], prev) and torch.equal(log[1][1], prev)
+    )
+    frame0 = out["frames"][0, :, 0]
+    assert torch.allclose(frame0, next_frame(prev), atol=2e-4)
+    assert torch.equal(log[2][1], torch.clamp(frame0, -1, 1))
+    # Non-autoregressive: the observed frames as extra channels, clamped.
+    nar = tiny(autoregressive=False, concat_observed=True, unet={"in_channels": 4})
+    seen: list = []
+    nar.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 1:].clone()))
+    STDiffPipeline(nar)(vo, IDX_O, torch.tensor([3.0]), num_inference_steps=1)
+    assert torch.equal(seen[0], torch.clamp(vo[:, :, 0], -1, 1))
