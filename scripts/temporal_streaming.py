@@ -34,7 +34,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from temporal.streaming import encode_frames, perturb_latents, stream_decode, warping_error
+from temporal.streaming import perturb_latents, stream_decode, warping_error
 from wavecast.data.flow_pairs import KittiFlowPairs
 from wavecast.metrics import psnr, temporal_flicker
 
@@ -123,17 +123,20 @@ def main() -> None:
             by_source[src] = sequences(data["root"], drives, size, src)
 
     with torch.no_grad():
-        clean = {d: encode_frames(vae, s["frames"]) for d, s in truth.items()}
+        # One encode per drive: its mode is the clean latent, its samples the posterior setting.
+        posts = {d: vae.encode(s["frames"].unsqueeze(2)).posterior for d, s in truth.items()}
+        clean = {d: p.mode()[:, :, 0] for d, p in posts.items()}
         latent_std = float(torch.cat([z.flatten() for z in clean.values()]).std())
         # How far posterior samples stray from the mode (a small KL weight shrinks it).
-        post_std = float(
-            torch.cat(
-                [
-                    vae.encode(s["frames"].unsqueeze(2)).posterior.std.flatten()
-                    for s in truth.values()
-                ]
-            ).mean()
-        )
+        post_std = float(torch.cat([p.std.flatten() for p in posts.values()]).mean())
+        # The flow each run's module is given, per drive (the same at every setting).
+        given_flows = {
+            (name, d): latent_flows(
+                module, by_source[cfg["data"]["flow_source"]][d], tuple(clean[d].shape[-2:])
+            )
+            for name, (module, cfg) in runs.items()
+            for d in truth
+        }
         table: dict[str, dict[str, dict[str, float]]] = {}
         floor = [warping_error(s["frames"], s["flow"], s["valid"]) for s in truth.values()]
         for setting, sigma, posterior in settings(args.sigmas, args.posterior):
@@ -141,16 +144,13 @@ def main() -> None:
             for k, (d, seq) in enumerate(truth.items()):
                 seed = args.seed * 1000 + k
                 if posterior:
-                    z = encode_frames(vae, seq["frames"], sample=True, seed=seed)
+                    gen = torch.Generator().manual_seed(seed)
+                    z = posts[d].sample(generator=gen)[:, :, 0]
                 else:
                     z = perturb_latents(clean[d], sigma, latent_std, seed=seed)
                 methods = {"vae": (None, None)}
-                for name, (module, cfg) in runs.items():
-                    src_seq = by_source[cfg["data"]["flow_source"]][d]
-                    methods[f"vae+temporal[{name}]"] = (
-                        module.temporal,
-                        latent_flows(module, src_seq, tuple(z.shape[-2:])),
-                    )
+                for name, (module, _) in runs.items():
+                    methods[f"vae+temporal[{name}]"] = (module.temporal, given_flows[name, d])
                 for method, (temporal, flows) in methods.items():
                     out = stream_decode(vae, z, temporal, flows)
                     x, y = seq["frames"], out

@@ -74,7 +74,7 @@ from stdiff.pipeline import STDiffPipeline
 from wavecast.config import ConfigError
 from wavecast.data.range_projection import RangeProjection, denormalize_range, normalize_range
 from wavecast.guards import NonFiniteGuard
-from wavecast.lr_schedule import build_lr_scheduler
+from wavecast.lr_schedule import build_lr_scheduler, run_length
 from wavecast.metrics.image import psnr, ssim
 from wavecast.metrics.lpips import LPIPS
 from wavecast.metrics.range import chamfer_distance, range_l1
@@ -327,17 +327,8 @@ class STDiffModule(pl.LightningModule):
         opt = self.optimizer_factory(params=params)
         if self.lr_scheduler_factory is None:
             return opt
-        sched = build_lr_scheduler(self.lr_scheduler_factory, opt, self._total_steps())
+        sched = build_lr_scheduler(self.lr_scheduler_factory, opt, run_length(self))
         return [opt], [{"scheduler": sched, "interval": "step"}]
-
-    def _total_steps(self) -> int | None:
-        if self._trainer is None:
-            return None
-        try:
-            total = self.trainer.estimated_stepping_batches
-        except Exception:  # noqa: BLE001 - no loader yet or an unbounded run: length unknown
-            return None
-        return int(total) if math.isfinite(total) else None
 
     # ------------------------------------------------------------------ batches
     def _split(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:

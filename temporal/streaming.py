@@ -6,11 +6,11 @@ by the flow t-1 -> t, and the fused latent is what gets decoded and carried on:
 
     z_fused[0] = z[0];  z_fused[t] = temporal(z_fused[t-1], z[t], flow[t-1 -> t])
 
-`perturb_latents` simulates the per-frame errors (independent Gaussian noise, or posterior
-samples); `stream_decode` runs the recursion and decodes; `warping_error` is the
-occlusion-masked mean |O_t - warp(O_{t-1})| of Lai et al. 2018 ("Learning Blind Video Temporal
-Consistency"; they square the error, we use L1 as the results table asks), with the
-ground-truth flow and its occlusion mask.
+`encode_frames` gives the clean per-frame latents, `perturb_latents` simulates the per-frame
+errors (independent Gaussian noise), `stream_decode` runs the recursion and decodes, and
+`warping_error` is the occlusion-masked mean |O_t - warp(O_{t-1})| of Lai et al. 2018 ("Learning
+Blind Video Temporal Consistency"; they square the error, we use L1 as the results table asks),
+with the ground-truth flow and its occlusion mask.
 """
 
 from __future__ import annotations
@@ -22,17 +22,12 @@ from temporal.warping import carry_forward, masked_l1
 
 
 @torch.no_grad()
-def encode_frames(vae: nn.Module, frames: Tensor, sample: bool = False, seed: int = 0) -> Tensor:
-    """frames [T, 3, H, W] in [-1, 1] -> per-frame latents [T, C, H/8, W/8].
+def encode_frames(vae: nn.Module, frames: Tensor) -> Tensor:
+    """frames [T, 3, H, W] in [-1, 1] -> per-frame latents [T, C, H/8, W/8] (posterior modes).
 
-    Each frame is encoded as a one-frame clip (what a per-frame generator's latents are);
-    `sample` draws from the posterior (independently per frame) instead of taking its mode.
+    Each frame is encoded as a one-frame clip (what a per-frame generator's latents are).
     """
-    post = vae.encode(frames.unsqueeze(2)).posterior
-    if not sample:
-        return post.mode()[:, :, 0]
-    gen = torch.Generator(device=frames.device).manual_seed(int(seed))
-    return post.sample(generator=gen)[:, :, 0]
+    return vae.encode(frames.unsqueeze(2)).posterior.mode()[:, :, 0]
 
 
 def perturb_latents(z: Tensor, sigma: float, latent_std: float, seed: int = 0) -> Tensor:

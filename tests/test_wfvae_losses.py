@@ -287,19 +287,26 @@ def test_hinge_discriminator_loss_closed_form():
     assert d2.item() == 0
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_adaptive_weight_closed_form(reduction):
-    """recon = w * b with x = 0: d rec / d w = b (L1), g = -k w b: d g / d w = -k b.
-    So d_weight = disc_weight * (N_scale * b) / (k b + 1e-6)."""
-    b, k = 0.5, 4.0
+def _linear_gan_case(b: float, k: float, **loss_kwargs):
+    """recon = w * b with x = 0 and discriminator logits k * mean(recon): gradients of the
+    reconstruction and GAN terms at w are b and -k b (closed forms for the adaptive weight)."""
     w = nn.Parameter(torch.tensor(1.0))
     x = torch.zeros(1, 3, 5, 8, 8)
     out = fake_output(x, 0.0, 0.0, with_wavelets=False)
     out.recon = w * torch.full_like(x, b)
     loss_fn = WFVAELoss(
-        perceptual_weight=0.0, kl_weight=0.0, disc=ConstDisc(k), disc_start=0,
-        disc_weight=0.5, reduction=reduction,
+        perceptual_weight=0.0, kl_weight=0.0, disc=ConstDisc(k), disc_start=0, disc_weight=0.5,
+        **loss_kwargs,
     )  # fmt: skip
+    return w, x, out, loss_fn
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_adaptive_weight_closed_form(reduction):
+    """recon = w * b with x = 0: d rec / d w = b (L1), g = -k w b: d g / d w = -k b.
+    So d_weight = disc_weight * (N_scale * b) / (k b + 1e-6)."""
+    b, k = 0.5, 4.0
+    w, x, out, loss_fn = _linear_gan_case(b, k, reduction=reduction)
     total, logs = loss_fn.generator_loss(x, out, 0, last_layer=w)
     n = 1.0 if reduction == "mean" else float(x[0].numel())
     expected_w = min(0.5 * n * b / (k * b + 1e-6), loss_fn.d_weight_max * 0.5)
@@ -316,14 +323,7 @@ def test_disc_factor_scales_both_gan_terms():
     """disc_factor = 0.25 multiplies the generator's GAN term (not the adaptive weight) and the
     discriminator loss, as in the reference (d_weight * disc_factor * g_loss)."""
     b, k = 0.5, 4.0
-    w = nn.Parameter(torch.tensor(1.0))
-    x = torch.zeros(1, 3, 5, 8, 8)
-    out = fake_output(x, 0.0, 0.0, with_wavelets=False)
-    out.recon = w * torch.full_like(x, b)
-    loss_fn = WFVAELoss(
-        perceptual_weight=0.0, kl_weight=0.0, disc=ConstDisc(k), disc_start=0,
-        disc_weight=0.5, disc_factor=0.25,
-    )  # fmt: skip
+    w, x, out, loss_fn = _linear_gan_case(b, k, disc_factor=0.25)
     total, logs = loss_fn.generator_loss(x, out, 0, last_layer=w)
     # d_weight = 0.5 * |d rec/dw| / |d g/dw| = 0.5 * b / (k b) = 0.125, whatever the factor
     assert logs["d_weight"].item() == pytest.approx(0.125, rel=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,18 @@ def _parameters(factory: Any) -> set[str]:
         return set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return set()
+
+
+def run_length(module: Any) -> int | None:
+    """Optimizer steps of the fit a LightningModule is attached to (None: not attached, no
+    loader yet, or an unbounded run)."""
+    if getattr(module, "_trainer", None) is None:
+        return None
+    try:
+        total = module.trainer.estimated_stepping_batches
+    except Exception:  # noqa: BLE001 - no loader yet or an unbounded run: length unknown
+        return None
+    return int(total) if math.isfinite(total) else None
 
 
 def build_lr_scheduler(

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from wavecast.config import ConfigError
 from wavecast.guards import NonFiniteGuard
-from wavecast.lr_schedule import build_lr_scheduler
+from wavecast.lr_schedule import build_lr_scheduler, run_length
 from wavecast.metrics.baselines import VIDEO_BASELINES
 from wavecast.metrics.flicker import temporal_flicker
 from wavecast.metrics.fvd import FVD, I3D_MIN_FRAMES
@@ -249,15 +249,9 @@ class WFVAEModule(pl.LightningModule):
 
     def _generator_steps_in_run(self) -> int | None:
         """Generator steps this run will take (the scheduler is stepped per generator step)."""
-        if self._trainer is None:
+        n = run_length(self)
+        if n is None:
             return None
-        try:
-            n = self.trainer.estimated_stepping_batches
-        except Exception:  # noqa: BLE001 - no loader yet or an unbounded run: length unknown
-            return None
-        if not math.isfinite(n):
-            return None
-        n = int(n)
         if self.discriminator is not None and n > self.disc_start:
             # After disc_start the batches (optimizer steps) alternate between the two.
             n = self.disc_start + math.ceil((n - self.disc_start) / 2)
