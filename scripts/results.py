@@ -34,8 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 SEED = 42  # train.py's default seed, stated in every run's config_tree.yaml
 
-# STDiff forecasts (issue 12 item 4) are not a stage yet.
-STAGES = ("wfvae", "quality", "temporal")
+STAGES = ("wfvae", "quality", "temporal", "stdiff")
 # TemporalModule variants: the flow the module warps with.
 TEMPORAL_VARIANTS = {
     "gt_flow": [],
@@ -177,6 +176,54 @@ def stage_temporal(work: Path, quick: bool, reuse: bool, vae_run: Path, net: dic
     }
 
 
+def stage_stdiff(work: Path, quick: bool, reuse: bool) -> dict:
+    """Train the forecast recipe (its test on the held-out drive runs at the end of train.py,
+    with the best-val-loss weights) and collect the per-step metrics of the samples and of the
+    baselines, all scored by STDiffModule.score."""
+    overrides = ["experiment=stdiff_kitti_range_forecast", f"seed={SEED}"]
+    if quick:
+        overrides += ["trainer.max_steps=120", "trainer.check_val_every_n_epoch=1",
+                      "callbacks.ema.update_starting_at_step=60",
+                      "data.max_clips_per_split.test=4", "model.num_inference_steps=10"]  # fmt: skip
+    info = train("stdiff_kitti_range_forecast", overrides, work, reuse)
+    m = info["metrics"]
+    out: dict[str, Any] = {}
+    for metric in ("range_l1_m", "range_l1_both_m", "chamfer_m"):
+        out[metric] = {}
+        out[f"{metric}_per_step"] = {}
+        for method in ("copy_last", "constant_velocity", "mean_of_k", "best_of_k"):
+            steps = [m[key] for k in range(1, 4) if (key := f"test/{metric}/step{k}/{method}") in m]
+            out[metric][method] = m[f"test/{method}/{metric}"]
+            out[f"{metric}_per_step"][method] = steps
+    out["beats_copy_last_every_step"] = {
+        metric: {
+            method: all(
+                a < b
+                for a, b in zip(
+                    out[f"{metric}_per_step"][method], out[f"{metric}_per_step"]["copy_last"]
+                )
+            )
+            for method in ("mean_of_k", "best_of_k")
+        }
+        for metric in ("range_l1_m", "chamfer_m")
+    }
+    out["val_loss_curve"] = val_curve(Path(info["run_dir"]), "val/loss")
+    # Issue 12 item 3's table for STDiff: its roll-out with and without flow-guided
+    # cross-frame attention (same seeds), scripts/stdiff_cross_frame.py.
+    cross = work / "stdiff_cross_frame.json"
+    cmd = [PY, str(ROOT / "scripts" / "stdiff_cross_frame.py"), "--run", info["run_dir"],
+           "--out", str(cross)]  # fmt: skip
+    if quick:
+        cmd += ["--max-sequences", "2", "--num-samples", "1"]
+    if not (reuse and cross.is_file()):
+        print(f"[results] {' '.join(cmd[1:])}", flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    out["cross_frame_attention"] = json.loads(cross.read_text())
+    out["run"] = {k: v for k, v in info.items() if k != "metrics"}
+    out["seed"] = SEED
+    return out
+
+
 def temporal_summary(streaming: dict, default: str = "gauss_0.25") -> dict:
     """results.json's temporal block: the VAE alone and the best variant at the default strength."""
     table = streaming["table"][default]
@@ -282,6 +329,41 @@ def write_figures(results: dict, out: Path) -> None:
             results["temporal"]["streaming"], out / "temporal_warp_error.png"
         )
         temporal_strip(results, out / "temporal_strip.png")
+    if "stdiff" in results:
+        figures.forecast_per_step(results["stdiff"], out / "stdiff_forecast_per_step.png")
+        stdiff_strip(results, out / "stdiff_strip.png")
+
+
+def stdiff_strip(results: dict, path: Path) -> None:
+    """Range images of the first test sequence: the last observed scan, then for each predicted
+    step ground truth | STDiff sample | copy-last | constant velocity | errors."""
+    import torch
+    from hydra.utils import instantiate
+
+    module, cfg = load_run(Path(results["stdiff"]["run"]["run_dir"]))
+    dm = instantiate(cfg.data)
+    dm.setup("test")
+    module.check_data(dm)
+    batch = next(iter(dm.test_dataloader()))
+    batch = {k: v[:1] if torch.is_tensor(v) else v for k, v in batch.items()}
+    frames = batch["frames"].float()
+    vo, vp = frames[:, : module.n_obs], frames[:, module.n_obs :]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        pred = module.sample(vo, 1, module.num_inference_steps, g, module.scheduler_type)[0, 0]
+    base = module.baseline_forecasts(vo, batch)
+    r = module.range_channel
+
+    def grey(x: torch.Tensor) -> torch.Tensor:  # [Tp, C, H, W] -> [Tp, 3, H, W] range channel
+        return x[:, r : r + 1].expand(-1, 3, -1, -1)
+
+    truth = grey(vp[0])
+    rows = {"ground truth": truth, "STDiff": grey(pred)}
+    rows.update({name: grey(f[0].float()) for name, f in base.items()})
+    rows["|err| STDiff x4"] = figures.error_frames(grey(pred), truth)
+    if "copy_last" in base:
+        rows["|err| copy last x4"] = figures.error_frames(grey(base["copy_last"][0]), truth)
+    figures.strip(rows, path)
 
 
 def write_markdown(results: dict, out: Path) -> None:
@@ -330,7 +412,65 @@ def write_markdown(results: dict, out: Path) -> None:
         lines += ["", f"At the default strength ({sm['default_setting']}): best variant "
                   f"{sm['best_variant']}, warping error {100 * sm['warp_error_change']:+.1f} % at "
                   f"{sm['psnr_cost_db']:+.2f} dB PSNR cost (goal: -20 % or better at <= 0.5 dB).", ""]  # fmt: skip
+    if "stdiff" in results:
+        lines += stdiff_markdown(results["stdiff"])
     (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+METHOD_NAMES = {
+    "copy_last": "copy last scan",
+    "constant_velocity": "constant-velocity re-projection",
+    "mean_of_k": "STDiff, mean of K",
+    "best_of_k": "STDiff, best of K",
+}
+
+
+def stdiff_markdown(r: dict) -> list[str]:
+    run = r["run"]
+    lines = [
+        "## STDiff forecasts (test drive 2011_09_26_drive_0005, 32 x 128 range images, 3 -> 3)",
+        "",
+        f"`{run['command']}`: {run['minutes']:.1f} min (load {run['load_avg_1min_at_start']:.1f}"
+        f" at start). Per predicted step; lower is better. range L1: metres on the true returns;"
+        " Chamfer: metres, mean of both directions between the re-projected clouds; the last"
+        " column scores only cells where the forecast has a return too (it spares the holes"
+        " that re-projection leaves).",
+        "",
+        "| method | range L1 step 1 / 2 / 3 (m) | Chamfer step 1 / 2 / 3 (m) "
+        "| range L1 where both return (m) |",
+        "|---|---|---|---|",
+    ]
+
+    def steps(metric: str, method: str) -> str:
+        return " / ".join(f"{v:.3f}" for v in r[f"{metric}_per_step"][method])
+
+    for method, name in METHOD_NAMES.items():
+        lines.append(
+            f"| {name} | {steps('range_l1_m', method)} | {steps('chamfer_m', method)} "
+            f"| {steps('range_l1_both_m', method)} |"
+        )
+    beats = r["beats_copy_last_every_step"]
+    ok = all(all(v.values()) for v in beats.values())
+    lines += ["", f"Beats copy-last at every step in range L1 and Chamfer, mean and best of K: "
+              f"{'yes' if ok else 'NO'} ({json.dumps(beats)}).", ""]  # fmt: skip
+    cf = r.get("cross_frame_attention")
+    if cf:
+        lines += [
+            f"Roll-out with and without flow-guided cross-frame attention ({cf['sequences']} test "
+            f"sequences, K = {cf['num_samples']}, same seeds; warping error of the range channel "
+            f"with DIS flow of the ground truth, occlusion by forward-backward check; the ground "
+            f"truth's own: {cf['ground_truth_warp_error']:.4f}):",
+            "",
+            "| roll-out | warp error | flicker | PSNR | range L1 (m) |",
+            "|---|---|---|---|---|",
+        ]
+        for method, row in cf["table"].items():
+            lines.append(
+                f"| {method} | {row['warp_error']:.4f} | {row['flicker']:.4f} | "
+                f"{row['psnr']:.2f} | {row['range_l1_m']:.3f} |"
+            )
+        lines.append("")
+    return lines
 
 
 def main() -> None:
@@ -374,7 +514,15 @@ def main() -> None:
         results["temporal"].update(
             {k: temporal["summary"][k] for k in ("warp_error", "psnr", "flicker")}
         )
+    if "stdiff" in args.only:
+        results["stdiff"] = stage_stdiff(work, args.quick, args.reuse)
     results["minutes_total"] = round((time.time() - t0) / 60, 2)
+    # Stages may run as separate processes at once (--only quality, --only stdiff): take the
+    # file as it is now and replace only what this process produced.
+    done = {s for s in args.only if s in results}
+    latest = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    latest.update({k: v for k, v in results.items() if k not in STAGES or k in done})
+    results = latest
     results_file.write_text(json.dumps(results, indent=2) + "\n")
     write_figures(results, out)
     write_markdown(results, out)

@@ -1,4 +1,5 @@
-"""Figures of scripts/results.py: training curves, warping error against strength, strips.
+"""Figures of scripts/results.py: training curves, warping error against strength, per-step
+forecast metrics, strips.
 
 Strips are input | output | |error| (x4, so that small errors show) for the first frames of a
 held-out clip, made by loading each run's checkpoint the way eval.py does (its config_tree.yaml
@@ -65,6 +66,34 @@ def warp_error_vs_strength(streaming: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("Per-frame latent perturbations streamed through the TemporalModule (test drive)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def forecast_per_step(stdiff: dict[str, Any], path: Path) -> None:
+    """Range L1 and Chamfer per predicted step: STDiff (mean / best of K) and the baselines."""
+    styles = {
+        "copy_last": ("grey", "--"),
+        "constant_velocity": ("grey", ":"),
+        "mean_of_k": ("C0", "-"),
+        "best_of_k": ("C1", "-"),
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    for ax, metric, label in (
+        (axes[0], "range_l1_m", "range L1 on true returns (m)"),
+        (axes[1], "chamfer_m", "Chamfer distance (m)"),
+    ):
+        for method, (colour, style) in styles.items():
+            values = stdiff[f"{metric}_per_step"].get(method) or []
+            steps = list(range(1, len(values) + 1))
+            ax.plot(steps, values, "o" + style, color=colour, label=method)
+        ax.set_xlabel("predicted step")
+        ax.set_ylabel(label)
+        ax.set_xticks([1, 2, 3])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("STDiff forecasts on the held-out drive against the trivial answers")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
