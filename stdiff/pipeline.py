@@ -13,7 +13,7 @@ deterministic sampler (DDIM) and the same seed the two differ by the truncation 
 Two sampling options (both off by default, and then sampling is unchanged bit for bit):
 
 **Frame truncation** (``frame_truncation={"key_every": k, "switch_fraction": f}``, after the
-continuity study of ``temporal.continuity``: adjacent frames differ little at the noisy early
+continuity study of ``temporal.continuity``; ``stdiff.truncation``: adjacent frames differ little at the noisy early
 steps). ``frame_truncation_schedule(Tp, steps, k, f)`` picks key frames (every k-th and the
 last) and a switch step ``s = round(f * steps)``:
 
@@ -38,39 +38,36 @@ routes its self-attention through ``temporal.flow_attention.CrossFrameMemory`` (
 frame also attends to the previous frame's keys / values, warped by the source flow, and to a
 bounded memory bank). Around each frame's denoising loop the memory is told the *source*
 motion, the flow between the two latest frames (observed or predicted; a constant-velocity
-guess of the coming frame's motion, ``temporal.flow.estimate_flow``), and afterwards the
+guess of the coming frame's motion, ``wavecast.flow.estimate_flow``), and afterwards the
 *generated* motion, the flow from the previous to the new frame. The processors are removed
 when the call returns.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from stdiff.model import SCHEDULER_TYPES, STDiff
-from stdiff.unet_blocks import AttentionBlock
-from temporal.continuity import (
+from stdiff.truncation import (
     FrameTruncationSchedule,
+    autoregressive_truncation_schedule,
+    check_truncation_options,
     frame_truncation_schedule,
     interpolate_from_key_frames,
 )
+from stdiff.unet_blocks import AttentionBlock
 from temporal.flow_attention import CrossFrameMemory
 
 #: ``step_callback(frame_index, step_index, timestep, x_t [K, N, C, H, W], eps_hat [K, N, C, H, W])``
 StepCallback = Callable[[int, int, Tensor, Tensor, Tensor], None]
-
-_TRUNCATION_KEYS = {"key_every", "switch_fraction", "renoise", "ar_init"}
-_AR_INITS = ("key_state", "previous_frame")
 
 
 class CrossFrameAttnProcessor:
@@ -85,43 +82,6 @@ class CrossFrameAttnProcessor:
         self, block: AttentionBlock, q: Tensor, k: Tensor, v: Tensor, token_hw: tuple[int, int]
     ) -> Tensor:
         return self.memory.attend(self.name, q, k, v, token_hw)
-
-
-def _check_truncation(options: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(options, dict):
-        raise ValueError(
-            f"STDiffPipeline: frame_truncation must be a dict {{key_every, switch_fraction}}, "
-            f"got {type(options).__name__}"
-        )
-    unknown = set(options) - _TRUNCATION_KEYS
-    missing = {"key_every", "switch_fraction"} - set(options)
-    if unknown or missing:
-        raise ValueError(
-            f"STDiffPipeline: frame_truncation keys: unknown {sorted(unknown)}, missing "
-            f"{sorted(missing)} (known: {sorted(_TRUNCATION_KEYS)})"
-        )
-    out = {"renoise": True, "ar_init": "previous_frame", **options}
-    if out["ar_init"] not in _AR_INITS:
-        raise ValueError(
-            f"STDiffPipeline: frame_truncation.ar_init must be one of {_AR_INITS}, got "
-            f"{out['ar_init']!r}"
-        )
-    return out
-
-
-def autoregressive_truncation_schedule(
-    num_frames: int, num_steps: int, key_every: int, switch_fraction: float
-) -> FrameTruncationSchedule:
-    """``frame_truncation_schedule`` for an autoregressive roll-out: key frames are every
-    ``key_every``-th frame only (the last frame need not be one: nothing is interpolated from
-    it), and no frame is truncated when the switch step is 0."""
-    schedule = frame_truncation_schedule(num_frames, num_steps, key_every, switch_fraction)
-    step = key_every if schedule.switch_step > 0 else 1
-    keys = list(range(0, num_frames, step))
-    active = np.zeros_like(schedule.active)
-    active[: schedule.switch_step, keys] = True
-    active[schedule.switch_step :] = True
-    return dataclasses.replace(schedule, key_frames=keys, active=active, interpolation={})
 
 
 def _cross_frame_memory(
@@ -385,7 +345,7 @@ class STDiffPipeline:
             raise ValueError("STDiffPipeline: num_samples and num_inference_steps must be >= 1")
         if chunk_horizon is not None and chunk_horizon < 1:
             raise ValueError(f"STDiffPipeline: chunk_horizon must be >= 1, got {chunk_horizon}")
-        trunc = None if frame_truncation is None else _check_truncation(frame_truncation)
+        trunc = None if frame_truncation is None else check_truncation_options(frame_truncation)
         if trunc is not None and model.residual:
             raise ValueError(
                 "STDiffPipeline: frame_truncation is not supported for residual models (its "
@@ -624,7 +584,7 @@ class STDiffPipeline:
     def _flow(a: Tensor, b: Tensor, method: str) -> Tensor:
         """Flow a -> b, ``[B, 2, H, W]`` pixels, between frames in [-1, 1] (grey or RGB; of
         other channel counts the first channel)."""
-        from temporal.flow import estimate_flow  # OpenCV: imported when the option is used
+        from wavecast.flow import estimate_flow  # OpenCV: imported when the option is used
 
         if a.shape[1] not in (1, 3):
             a, b = a[:, :1], b[:, :1]

@@ -10,7 +10,7 @@ One step:
 
 1. Both frames are encoded by the frozen VAE as one-frame clips (no grad, posterior mode):
    z_prev, z_cur [B, C, H/8, W/8].
-2. The flow goes to the latent grid with `temporal.warping.resize_flow` (area averaging by
+2. The flow goes to the latent grid with `wavecast.warping.resize_flow` (area averaging by
    default: a latent pixel covers an 8 x 8 block of image pixels; values scaled by 1/8). Its
    validity is pooled the same way; a latent pixel counts as valid when at least
    `latent_valid_threshold` of its block is.
@@ -65,9 +65,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from temporal.temporal_module import TemporalModule
-from temporal.warping import carry_forward, masked_l1, resize_flow
 from wavecast.config import ConfigError
 from wavecast.metrics.image import psnr
+from wavecast.warping import carry_forward, masked_l1, resize_flow
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from stdiff import STDiff, STDiffPipeline, stdiff_config
-from stdiff.pipeline import autoregressive_truncation_schedule
 from stdiff.spade import GROUP_NORM_MIN_PIXELS, instance_norm
-from temporal.continuity import frame_truncation_schedule
-from temporal.flow import estimate_flow
+from stdiff.truncation import autoregressive_truncation_schedule, frame_truncation_schedule
 from temporal.flow_attention import CrossFrameMemory
+from wavecast.flow import estimate_flow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

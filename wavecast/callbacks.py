@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from wavecast.hooks import LogsMedia
 from wavecast.media import log_media
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class MediaLogger(pl.Callback):
             return
         if trainer.current_epoch % self.every_n_epochs != 0 or not trainer.is_global_zero:
             return
-        if not hasattr(pl_module, "media_from_batch"):
+        if not isinstance(pl_module, LogsMedia):
             return
         with torch.no_grad():
             media = pl_module.media_from_batch(batch)
