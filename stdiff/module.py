@@ -71,9 +71,15 @@ from torch import Tensor, nn
 
 from stdiff.model import SCHEDULER_TYPES, STDiff, normalize_scheduler_config, random_future_subset
 from stdiff.pipeline import STDiffPipeline
+from wavecast.checkpoints import (
+    check_config,
+    check_model_kind,
+    check_state_dict,
+    checkpoint_source,
+)
 from wavecast.config import ConfigError
 from wavecast.data.range_projection import RangeProjection, denormalize_range, normalize_range
-from wavecast.guards import NonFiniteGuard
+from wavecast.guards import NonFiniteGuard, all_finite
 from wavecast.lr_schedule import build_lr_scheduler, run_length
 from wavecast.metrics.image import psnr, ssim
 from wavecast.metrics.lpips import LPIPS
@@ -363,10 +369,6 @@ class STDiffModule(pl.LightningModule):
     def _reduce_min(self, x: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(x, reduce_op="min") if self._trainer else x
 
-    def _all_finite(self, x: Tensor) -> bool:
-        """True when ``x`` is finite on every rank (all ranks must take the same branch)."""
-        return bool(self._reduce_min(torch.isfinite(x.detach()).all().float()) > 0.5)
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
         vo, vp = self._split(batch)
         idx_o = self.observed_times(vo.device)
@@ -385,7 +387,7 @@ class STDiffModule(pl.LightningModule):
         )
         b = vo.shape[0]
         self._skip_step = False
-        if not self._all_finite(loss):
+        if not all_finite(loss, self._reduce_min):
             self.guard.check(loss, "diffusion loss (on some rank)", self._reduce_min)  # may raise
             self._skip_step = True
             self.log("train/nonfinite_skips", float(self.guard.skipped), batch_size=b)
@@ -767,13 +769,9 @@ class STDiffModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        source = str(getattr(self._trainer, "ckpt_path", None) or "checkpoint")
+        source = checkpoint_source(self)
         meta = checkpoint.get("wavecast") or {}
-        model = meta.get("model")
-        if model not in (None, "stdiff"):
-            raise ConfigError(
-                f"{source} holds a '{model}' model, not STDiff: wrong ckpt_path or experiment"
-            )
+        check_model_kind(meta, "stdiff", "STDiff", source)
         for key in ("state_dict", "current_model_state"):
             if key in checkpoint:
                 self._check_state(checkpoint[key], source)
@@ -782,16 +780,12 @@ class STDiffModule(pl.LightningModule):
             extra = checkpoint.get("state_dict", {}).get("net._extra_state")
             stored = extra.get("scheduler_config") if isinstance(extra, Mapping) else None
         if stored is not None:
-            diff = scheduler_differences(stored, self.net.scheduler_config)
-            if diff:
-                raise ConfigError(
-                    f"{source} was trained with another noise schedule than "
-                    "model.noise_scheduler; sampling must use the training schedule: "
-                    + ", ".join(
-                        f"model.noise_scheduler.{k}: checkpoint {a!r} vs config {b!r}"
-                        for k, (a, b) in diff.items()
-                    )
-                )
+            check_config(
+                scheduler_differences(stored, self.net.scheduler_config),
+                f"{source} was trained with another noise schedule than model.noise_scheduler; "
+                "sampling must use the training schedule",
+                "model.noise_scheduler",
+            )
         data = meta.get("data") or {}
         if data and self.data_spec is not None:
             for key in ("normalization", "channels"):
@@ -818,23 +812,7 @@ class STDiffModule(pl.LightningModule):
                 f"{source} has no STDiff network weights ('net.*' keys; found "
                 f"{sorted(sd)[:5]}): not an STDiff training checkpoint"
             )
-        missing = sorted(ours.keys() - theirs.keys())
-        extra = sorted(theirs.keys() - ours.keys())
-        bad = [
-            f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in ours.items()
-            if isinstance(v, Tensor) and k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
-        ]
-        if missing or extra or bad:
-            parts = []
-            for what, keys in (("missing", missing), ("unexpected", extra), ("shape", bad)):
-                if keys:
-                    more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-                    parts.append(f"{what}: {', '.join(keys[:5])}{more}")
-            raise ConfigError(
-                f"{source} does not fit the network of model.net (another architecture?): "
-                + "; ".join(parts)
-            )
+        check_state_dict(ours, theirs, source, "model.net (another architecture?)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wavecast.checkpoint_io import check_checkpoint_file
+from wavecast.checkpoints import check_checkpoint_file
 from wavecast.config import ConfigError, print_config_tree, validate_config
 from wavecast.hooks import ChecksData, CompilesNetworks, ReportsEval, RunsAnalyses
 
