@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from stdiff.model import SCHEDULER_TYPES, STDiff
+from stdiff.model import STDiff, fresh_scheduler
 from stdiff.truncation import (
     FrameTruncationSchedule,
     autoregressive_truncation_schedule,
@@ -121,13 +121,7 @@ class STDiffPipeline:
     def make_scheduler(self, scheduler_type: str | None = None) -> Any:
         """A fresh scheduler from the pipeline scheduler's config: its own class (None) or
         "ddpm" / "ddim" / "dpm" (multistep DPM-Solver) via ``from_config``."""
-        if scheduler_type is None:
-            return type(self.scheduler).from_config(self.scheduler.config)
-        if scheduler_type not in SCHEDULER_TYPES:
-            raise ValueError(
-                f"STDiffPipeline: scheduler_type {scheduler_type!r} not in {sorted(SCHEDULER_TYPES)}"
-            )
-        return SCHEDULER_TYPES[scheduler_type].from_config(self.scheduler.config)
+        return fresh_scheduler(self.scheduler, scheduler_type)
 
     @torch.no_grad()
     def sample_frame(
