@@ -30,7 +30,7 @@ last) and a switch step ``s = round(f * steps)``:
   step s (SDEdit-style, with the frame's own noise draw), or ``"key_state"`` the state
   ``x_s`` of the latest key frame's own loop (the early trajectory shared, as the continuity
   study suggests). On briefly-trained tiny models "previous_frame" stays closer to full
-  sampling (scripts/benchmark.py --only stdiff_truncation).
+  sampling (scripts/truncation_study.py).
 
 **Flow-guided cross-frame attention** (``cross_frame_attention=CrossFrameMemory(...)`` or a
 dict of its kwargs plus ``flow_method``; ``stdiff.cross_frame``): every UNet attention block
