@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stdiff.truncation import frame_truncation_schedule  # noqa: E402
 from temporal.continuity import (  # noqa: E402
     METRICS,
     ContinuityRecorder,
-    frame_truncation_schedule,
     print_summary_table,
     save_continuity,
     simulate_denoising_trajectory,

@@ -25,7 +25,7 @@ from typing import Any
 import lightning
 import torch
 
-from wavecast.checkpoint_io import atomic_torch_save
+from wavecast.checkpoints import atomic_torch_save
 from wfvae import WFVAE
 from wfvae.reference import translate_config, unwrap_reference_checkpoint
 

@@ -4,7 +4,7 @@
     python scripts/flow_epe.py --split all --image-size 64 192    # on the training resolution
 
 For every consecutive pair (t-1, t) of the split's drives (image_02), the flow t-1 -> t is
-estimated with `temporal.flow.estimate_flow` and compared with the ground truth on its valid
+estimated with `wavecast.flow.estimate_flow` and compared with the ground truth on its valid
 pixels (visible at t, inside the frame). Pixels of all pairs are pooled. Prints JSON: per method
 (and for the zero flow, the do-nothing baseline) the mean and median EPE in pixels, the share of
 pixels under 1 px and under 3 px, and the seconds per pair.
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from temporal.flow import FLOW_METHODS, estimate_flow
     from wavecast.data.datamodules import evenly_spaced
     from wavecast.data.flow_pairs import KittiFlowPairs
     from wavecast.data.kitti_raw import KittiRawDrive
+    from wavecast.flow import FLOW_METHODS, estimate_flow
 
     for m in args.methods:
         if m not in FLOW_METHODS or m == "raft":

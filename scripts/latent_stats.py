@@ -36,13 +36,14 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from wavecast.checkpoints import load_checkpoint
     from wfvae.latent_stats import LatentStats
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train.yaml", overrides=["paths.output_dir=.", *args.overrides])
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
-    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(args.ckpt, "--ckpt", weights_only=False)
     if "state_dict" not in ckpt:
         raise SystemExit(f"{args.ckpt}: not a Lightning checkpoint (no 'state_dict' key)")
     module.load_state_dict(ckpt["state_dict"])

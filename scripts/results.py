@@ -251,15 +251,14 @@ def temporal_summary(streaming: dict, default: str = "gauss_0.25") -> dict:
 
 def load_run(run_dir: Path) -> tuple[Any, Any]:
     """(LightningModule with the run's last weights, its resolved config)."""
-    import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from wavecast.checkpoints import load_checkpoint
+
     cfg = OmegaConf.load(run_dir / "config_tree.yaml")
     module = instantiate(cfg.model)
-    state = torch.load(
-        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt", "last.ckpt", weights_only=False)
     module.load_state_dict(state["state_dict"], strict=False)
     return module.eval(), cfg
 

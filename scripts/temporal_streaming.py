@@ -35,6 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from temporal.streaming import perturb_latents, stream_decode, warping_error
+from wavecast.checkpoints import load_checkpoint
 from wavecast.data.flow_pairs import KittiFlowPairs
 from wavecast.metrics import psnr, temporal_flicker
 
@@ -48,7 +49,7 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, dict]:
             raise SystemExit(f"{path}: missing (is {run_dir} a train.py run of a temporal model?)")
     cfg = OmegaConf.load(cfg_path)
     module = instantiate(cfg.model)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint(ckpt_path, "last.ckpt", weights_only=False)["state_dict"]
     temporal_state = {
         k[len("temporal.") :]: v for k, v in state.items() if k.startswith("temporal.")
     }

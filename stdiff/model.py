@@ -49,6 +49,17 @@ def normalize_scheduler_config(config: dict[str, Any] | None) -> dict[str, Any]:
     return {"_class_name": name, **copy.deepcopy(cfg)}
 
 
+def fresh_scheduler(base: Any, scheduler_type: str | None = None) -> Any:
+    """A new scheduler with ``base``'s config: ``base``'s own class (None) or "ddpm" / "ddim" /
+    "dpm" (multistep DPM-Solver), built by ``from_config``. Multistep solvers keep a history,
+    so every denoising loop starts from a fresh one."""
+    if scheduler_type is None:
+        return type(base).from_config(base.config)
+    if scheduler_type not in SCHEDULER_TYPES:
+        raise ValueError(f"scheduler_type {scheduler_type!r} not in {sorted(SCHEDULER_TYPES)}")
+    return SCHEDULER_TYPES[scheduler_type].from_config(base.config)
+
+
 def random_future_subset(
     Tp_total: int,
     rand_Tp: int,
@@ -169,13 +180,7 @@ class STDiff(nn.Module):
         stored class), "ddpm", "ddim" or "dpm" (multistep DPM-Solver), built by ``from_config``."""
         cfg = dict(self.scheduler_config)
         base = SCHEDULER_CLASSES[cfg.pop("_class_name")](**cfg)
-        if scheduler_type is None:
-            return base
-        if scheduler_type not in SCHEDULER_TYPES:
-            raise ValueError(
-                f"STDiff: scheduler_type {scheduler_type!r} not in {sorted(SCHEDULER_TYPES)}"
-            )
-        return SCHEDULER_TYPES[scheduler_type].from_config(base.config)
+        return base if scheduler_type is None else fresh_scheduler(base, scheduler_type)
 
     def check_scheduler(self, scheduler: Any) -> None:
         """ValueError when ``scheduler``'s noise schedule differs from the stored one (e.g. a

@@ -26,24 +26,10 @@ with the pipeline (`val_num_inference_steps`), scored (`val/sample_*`) and shown
 strips observed | predicted | ground truth through `media_from_batch`.
 
 Test (`eval.py`): `num_samples` (K) futures per sequence with `num_inference_steps` of
-`scheduler_type` (ddpm | ddim | dpm | null = the stored class). Per predicted step: PSNR and SSIM
-on the [-1, 1] images, L1 range error in metres on the true returns, Chamfer distance of the
-re-projected clouds, LPIPS (local AlexNet weights only). Each is reported as the mean over the K
-samples (`test/mean_of_k/...`) and, separately, best of K (`test/best_of_k/...`: per sequence
-the sample whose sequence-mean of that same metric is best). Nothing else ever looks at the
-ground truth to choose a sample. Per-step arrays go into `eval_report()` (metrics.json).
-Two range metrics: `range_l1_m` on every true return (a cell the forecast leaves empty costs
-its whole range) and `range_l1_both_m` on the cells that are returns in both the forecast and
-the truth (the convention of issue 12's copy-last figures; Chamfer then covers the coverage).
-
-Baselines (`baselines`, default both; `wavecast.metrics.range_baselines`), scored by the same
-`score` as the samples: `copy_last` (the last observed frame repeated) and
-`constant_velocity` (the last observed scan moved by the ego-motion extrapolated from the
-observed poses of the batch, re-projected; spherical projection only). Their metrics are
-`test/copy_last/<metric>`, `test/constant_velocity/<metric>`, and every range metric is also
-reported flat per step and method: `test/<metric>/step<k>/<method>` with `<metric>` in
-range_l1_m, range_l1_both_m, chamfer_m, `k` = 1..n_pred, `<method>` in copy_last,
-constant_velocity, mean_of_k, best_of_k.
+`scheduler_type` (ddpm | ddim | dpm | null = the stored class), scored beside the `baselines`
+(copy_last, constant_velocity) by `stdiff.evaluation`: per-step range metrics, mean and best of
+K, reported as `test/<method>/<metric>` and flat `test/<metric>/step<k>/<method>`; per-step
+arrays go into `eval_report()` (metrics.json).
 `analyses=[continuity]` records the adjacent-frame continuity of the first test batch over the
 denoising steps (`temporal.continuity.ContinuityRecorder`) and writes its PNG / NPZ / JSON into
 `<run dir>/continuity/`.
@@ -69,34 +55,35 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
+from stdiff import evaluation
+from stdiff.evaluation import (
+    BASELINES,
+    RangeSpace,
+    TestRecords,
+    TrajectoryBuffer,
+    baseline_forecasts,
+    has_poses,
+    save_continuity,
+)
 from stdiff.model import SCHEDULER_TYPES, STDiff, normalize_scheduler_config, random_future_subset
 from stdiff.pipeline import STDiffPipeline
+from wavecast.checkpoints import (
+    check_config,
+    check_model_kind,
+    check_state_dict,
+    checkpoint_source,
+)
 from wavecast.config import ConfigError
-from wavecast.data.range_projection import RangeProjection, denormalize_range, normalize_range
-from wavecast.guards import NonFiniteGuard
+from wavecast.guards import NonFiniteGuard, all_finite
 from wavecast.lr_schedule import build_lr_scheduler, run_length
-from wavecast.metrics.image import psnr, ssim
+from wavecast.metrics.image import psnr
 from wavecast.metrics.lpips import LPIPS
-from wavecast.metrics.range import chamfer_distance, range_l1
-from wavecast.metrics.range_baselines import constant_velocity, copy_last
+from wavecast.metrics.range import range_l1
 from wavecast.metrics.weights import notice_once
 
 log = logging.getLogger(__name__)
 
 ANALYSES = ("continuity",)
-#: Test metrics and whether larger is better (best of K picks by the metric itself).
-HIGHER_IS_BETTER = {
-    "psnr": True,
-    "ssim": True,
-    "range_l1_m": False,
-    "range_l1_both_m": False,
-    "chamfer_m": False,
-    "lpips": False,
-}
-BASELINES = ("copy_last", "constant_velocity")
-#: Metrics reported flat per step and method (test/<metric>/step<k>/<method>).
-FLAT_METRICS = ("range_l1_m", "range_l1_both_m", "chamfer_m")
-_LPIPS_MIN_SIZE = 32  # AlexNet's pooling stack needs at least this many pixels per side
 
 
 class STDiffModule(pl.LightningModule):
@@ -226,10 +213,10 @@ class STDiffModule(pl.LightningModule):
         self.n_obs: int | None = None
         self.n_pred: int | None = None
         self.data_spec: dict[str, Any] | None = None
-        self._projection: RangeProjection | None = None
+        self._range_space: RangeSpace | None = None
         self._skip_step = False
         self._media_cache: dict[str, Tensor] | None = None
-        self._test_records: dict[str, list[Tensor]] = {}
+        self._test_records = TestRecords()
         self._report: dict[str, Any] = {}
         self._sample_seconds = 0.0
 
@@ -310,7 +297,7 @@ class STDiffModule(pl.LightningModule):
             "normalization": str(getattr(dm, "normalization", "log2_81")),
             "projection": projection,
         }
-        self._projection = RangeProjection(**projection)
+        self._range_space = RangeSpace.from_spec(self.data_spec)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -363,10 +350,6 @@ class STDiffModule(pl.LightningModule):
     def _reduce_min(self, x: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(x, reduce_op="min") if self._trainer else x
 
-    def _all_finite(self, x: Tensor) -> bool:
-        """True when ``x`` is finite on every rank (all ranks must take the same branch)."""
-        return bool(self._reduce_min(torch.isfinite(x.detach()).all().float()) > 0.5)
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
         vo, vp = self._split(batch)
         idx_o = self.observed_times(vo.device)
@@ -385,7 +368,7 @@ class STDiffModule(pl.LightningModule):
         )
         b = vo.shape[0]
         self._skip_step = False
-        if not self._all_finite(loss):
+        if not all_finite(loss, self._reduce_min):
             self.guard.check(loss, "diffusion loss (on some rank)", self._reduce_min)  # may raise
             self._skip_step = True
             self.log("train/nonfinite_skips", float(self.guard.skipped), batch_size=b)
@@ -491,9 +474,7 @@ class STDiffModule(pl.LightningModule):
 
     def strips(self, vo: Tensor, pred: Tensor, vp: Tensor) -> Tensor:
         """Range-channel strips observed | predicted | ground truth: ``[B, 1, H, (To+2Tp) W]``."""
-        r = self.range_channel
-        frames = torch.cat([vo[:, :, r], pred[:, :, r].to(vo.dtype), vp[:, :, r]], dim=1)
-        return torch.cat(list(frames.unbind(1)), dim=-1).unsqueeze(1).float().clamp(-1, 1)
+        return evaluation.strips(vo, pred, vp, self.range_space.channel)
 
     def media_from_batch(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Range-image strips observed | predicted | ground truth, ``[B, 1, H, W']`` in [-1, 1]
@@ -508,31 +489,18 @@ class STDiffModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ metres
     @property
-    def range_channel(self) -> int:
-        names = (self.data_spec or {}).get("channels", ["range"])
-        return names.index("range") if "range" in names else 0
+    def range_space(self) -> RangeSpace:
+        """How this data's range images map to metres (kitti_range defaults before set-up)."""
+        return self._range_space or RangeSpace()
 
     def to_metres(self, images: Tensor, keep_empty: bool) -> Tensor:
-        """Range channel of ``images [..., C, H, W]`` in [-1, 1] -> metres ``[..., H, W]``.
-
-        ``keep_empty``: cells the image marks as empty become -1 (the predicted returns, for
-        point clouds); otherwise every cell is read as a return at its range (for the L1 error
-        on the true returns, so that a missed return costs its range error, not -1 - r).
-        """
-        spec = self.data_spec or {}
-        proj = self._projection or RangeProjection()
-        lo, hi = proj.min_range, proj.max_range or 80.0
-        method = spec.get("normalization", "log2_81")
-        x = images[..., self.range_channel, :, :].float()
-        if not keep_empty:
-            # The lowest code of a return: every cell decodes to a range in [lo, hi].
-            floor = normalize_range(torch.tensor(lo * (1 + 1e-6)), method, lo, hi)[0]
-            x = torch.maximum(x, floor.to(x.device))
-        return denormalize_range(x, method, lo, hi)
+        """Range channel of ``images [..., C, H, W]`` in [-1, 1] -> metres ``[..., H, W]``
+        (see `RangeSpace.to_metres`)."""
+        return self.range_space.to_metres(images, keep_empty)
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
-        self._test_records = {}
+        self._test_records = TestRecords()
         self._report = {}
         self._sample_seconds = 0.0
 
@@ -544,7 +512,7 @@ class STDiffModule(pl.LightningModule):
             )
         recorder = None
         if "continuity" in self._analyses and batch_idx == 0 and self.global_rank == 0:
-            recorder = _TrajectoryBuffer(self.continuity_sequences)
+            recorder = TrajectoryBuffer(self.continuity_sequences)
         t0 = time.perf_counter()
         pred = self.sample(
             vo,
@@ -556,121 +524,32 @@ class STDiffModule(pl.LightningModule):
         )  # [K, B, Tp, C, H, W]
         self._sample_seconds += time.perf_counter() - t0
         if recorder is not None:
-            self._save_continuity(recorder)
-        per_sample = self.score(pred, vp, batch)
-        for name, values in per_sample.items():
-            mean_k, best_k = reduce_over_samples(values, HIGHER_IS_BETTER[name])
-            self._test_records.setdefault(f"mean_of_k/{name}", []).append(mean_k.cpu())
-            self._test_records.setdefault(f"best_of_k/{name}", []).append(best_k.cpu())
-        for method, frames in self.baseline_forecasts(vo, batch).items():
-            for name, values in self.score(frames.unsqueeze(0), vp, batch).items():
-                values = values[0].double()
-                if method == "constant_velocity":  # sequences without poses: nothing to score
-                    values[~self._has_poses(batch).to(values.device)] = float("nan")
-                self._test_records.setdefault(f"{method}/{name}", []).append(values.cpu())
+            self._report.update(
+                save_continuity(recorder, self.net.make_scheduler().alphas_cumprod,
+                                self._continuity_dir())
+            )  # fmt: skip
+        self._test_records.add_samples(self.score(pred, vp, batch))
+        space = self.range_space
+        for method, frames in baseline_forecasts(
+            vo, batch, self.n_pred, space, self.baselines
+        ).items():
+            # Sequences without poses have no constant-velocity forecast: nothing to score.
+            valid = has_poses(batch) if method == "constant_velocity" else None
+            self._test_records.add_baseline(
+                method, self.score(frames.unsqueeze(0), vp, batch), valid
+            )
         if batch_idx == 0 and self.global_rank == 0:
             self._log_test_media(vo, pred[0], vp)
 
-    @staticmethod
-    def _has_poses(batch: Mapping[str, Any]) -> Tensor:
-        """[B] bool: the sequence's poses are all finite."""
-        return torch.isfinite(batch["poses"].flatten(1)).all(dim=1)
-
-    def baseline_forecasts(self, vo: Tensor, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """The configured baselines as images ``[B, Tp, C, H, W]`` in [-1, 1] (model space),
-        so that `score` treats them exactly like samples."""
-        out: dict[str, Tensor] = {}
-        if "copy_last" in self.baselines:
-            out["copy_last"] = copy_last(vo.float(), self.n_pred)
-        if "constant_velocity" in self.baselines:
-            proj = self._projection or RangeProjection()
-            if "poses" not in batch:
-                notice_once(
-                    "stdiff-cv-poses", "constant_velocity baseline skipped: no poses in the batch"
-                )
-            elif proj.method != "spherical":
-                notice_once(
-                    "stdiff-cv-method",
-                    "constant_velocity baseline skipped: it re-projects with the spherical "
-                    f"projection, the data uses {proj.method!r}",
-                )
-            else:
-                last_m = batch["range_m"][:, self.n_obs - 1, 0].float()
-                poses = batch["poses"][:, : self.n_obs].double().nan_to_num(nan=0.0)
-                poses[~self._has_poses(batch)] = torch.eye(4, dtype=poses.dtype)
-                moved = constant_velocity(last_m, poses, self.n_pred, proj).to(vo.device)
-                spec = self.data_spec or {}
-                image, _ = normalize_range(
-                    moved,
-                    spec.get("normalization", "log2_81"),
-                    proj.min_range,
-                    proj.max_range or 80.0,
-                )
-                # Other channels (reflectance) as copy-last: only the range is moved.
-                frames = copy_last(vo.float(), self.n_pred)
-                frames[:, :, self.range_channel] = image.to(frames.dtype)
-                out["constant_velocity"] = frames
-        return out
-
     def score(self, pred: Tensor, vp: Tensor, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Per-sample, per-step metrics ``[K, B, Tp]`` of ``pred [K, B, Tp, C, H, W]``."""
-        k, b, tp = pred.shape[:3]
-        gt = vp.float().unsqueeze(0).expand_as(pred)
-        flat = pred.flatten(0, 1)
-        out = {
-            "psnr": psnr(flat, gt.flatten(0, 1), layout="btchw").view(k, b, tp),
-            "ssim": ssim(flat, gt.flatten(0, 1), layout="btchw").view(k, b, tp),
-        }
-        gt_m = batch["range_m"][:, self.n_obs :, 0].float().to(pred.device)  # [B, Tp, H, W]
-        gt_valid = batch["mask"][:, self.n_obs :, 0].bool().to(pred.device)
-        out["range_l1_m"] = range_l1(
-            self.to_metres(pred, keep_empty=False), gt_m.expand(k, -1, -1, -1, -1), gt_valid
-        )
-        pred_m = self.to_metres(pred, keep_empty=True)
-        out["range_l1_both_m"] = range_l1(
-            pred_m, gt_m.expand(k, -1, -1, -1, -1), gt_valid & (pred_m > 0)
-        )
-        if self.chamfer:
-            out["chamfer_m"] = self.chamfer_per_step(pred_m, gt_m)
-        if self.lpips_metric is not None:
-            h, w = pred.shape[-2:]
-            if min(h, w) < _LPIPS_MIN_SIZE:
-                notice_once(
-                    "stdiff-lpips-size",
-                    f"LPIPS skipped: frames {h} x {w} are smaller than AlexNet's "
-                    f"{_LPIPS_MIN_SIZE} x {_LPIPS_MIN_SIZE} minimum",
-                )
-            else:
-                r = self.range_channel
-                x = pred[:, :, :, r : r + 1].flatten(0, 2)
-                y = gt[:, :, :, r : r + 1].flatten(0, 2)
-                self.lpips_metric.to(x.device)
-                out["lpips"] = self.lpips_metric(x, y).float().view(k, b, tp)
-        return out
+        """Per-sample, per-step metrics ``[K, B, Tp]`` of ``pred [K, B, Tp, C, H, W]``
+        (`stdiff.evaluation.score` with this module's settings)."""
+        return evaluation.score(pred, vp, batch, self.range_space, self.chamfer, self.lpips_metric)
 
-    def chamfer_per_step(self, pred_m: Tensor, gt_m: Tensor) -> Tensor:
-        """Chamfer distance (metres, mean of both directions) of the clouds re-projected from
-        ``pred_m [K, B, Tp, H, W]`` and ``gt_m [B, Tp, H, W]`` (empty cells <= 0) -> ``[K, B, Tp]``;
-        NaN where either cloud is empty."""
-        proj = self._projection or RangeProjection()
-        k, b, tp = pred_m.shape[:3]
-        out = torch.full((k, b, tp), float("nan"), dtype=torch.float64)
-        gt_np = gt_m.detach().cpu().numpy()
-        pred_np = pred_m.detach().cpu().numpy()
-        for j in range(b):
-            for t in range(tp):
-                cloud_gt = proj.unproject(gt_np[j, t])
-                if len(cloud_gt) == 0:
-                    continue
-                gt_pts = torch.from_numpy(cloud_gt).to(pred_m.device)
-                for i in range(k):
-                    cloud = proj.unproject(pred_np[i, j, t])
-                    if len(cloud) == 0:
-                        continue
-                    out[i, j, t] = chamfer_distance(
-                        torch.from_numpy(cloud).to(pred_m.device), gt_pts
-                    ).cpu()
-        return out.to(pred_m.device)
+    def _continuity_dir(self) -> Path:
+        if self.continuity_dir:
+            return Path(self.continuity_dir)
+        return Path(self.trainer.default_root_dir) / "continuity"
 
     def _log_test_media(self, vo: Tensor, pred: Tensor, vp: Tensor) -> None:
         from wavecast.media import log_media
@@ -687,27 +566,14 @@ class STDiffModule(pl.LightningModule):
             )
 
     def on_test_epoch_end(self) -> None:
-        report: dict[str, Any] = {}
-        for name, chunks in sorted(self._test_records.items()):
-            values = torch.cat(chunks).to(self.device)  # [N, Tp]
+        def gather(values: Tensor) -> Tensor:  # [N, Tp] of this rank -> of all ranks
             if self._trainer is not None and self.trainer.world_size > 1:
-                values = self.all_gather(values).flatten(0, 1)
-            values = values.double().cpu()
-            per_step = _nanmean(values, dim=0)
-            overall = float(_nanmean(values.flatten(), dim=0))
-            self.log(f"test/{name}", overall, sync_dist=False, rank_zero_only=True)
-            report[f"test/{name}"] = overall
-            report[f"test/{name}_per_step"] = [float(v) for v in per_step]
-            report[f"test/{name}_nan_count"] = int(torch.isnan(values).sum())
-        for metric in FLAT_METRICS:
-            for method in ("copy_last", "constant_velocity", "mean_of_k", "best_of_k"):
-                for k, v in enumerate(report.get(f"test/{method}/{metric}_per_step", []), 1):
-                    key = f"test/{metric}/step{k}/{method}"
-                    report[key] = v
-                    self.log(key, v, sync_dist=False, rank_zero_only=True)
-        if self._test_records:
-            any_key = next(iter(self._test_records))
-            report["test/num_sequences"] = int(sum(c.shape[0] for c in self._test_records[any_key]))
+                return self.all_gather(values.to(self.device)).flatten(0, 1)
+            return values
+
+        scalars, report = self._test_records.summarise(gather)
+        for key, value in scalars.items():
+            self.log(key, value, sync_dist=False, rank_zero_only=True)
         sampler = self.scheduler_type or self.net.scheduler_config["_class_name"]
         report.update(
             {
@@ -729,32 +595,6 @@ class STDiffModule(pl.LightningModule):
         """Per-step arrays and settings of the last test run (JSON-serialisable)."""
         return json.loads(json.dumps(self._report))
 
-    # ------------------------------------------------------------------ continuity
-    def _save_continuity(self, buffer: _TrajectoryBuffer) -> None:
-        from temporal.continuity import ContinuityRecorder
-
-        if buffer.num_frames < 2:
-            notice_once(
-                "stdiff-continuity-frames",
-                "continuity analysis skipped: it needs at least 2 predicted frames",
-            )
-            return
-        abar = self.net.make_scheduler().alphas_cumprod
-        recorder = ContinuityRecorder(abar)
-        for step, timestep, x_t, eps in buffer.stacked():
-            recorder(step, timestep, x_t, eps)
-        out_dir = (
-            Path(self.continuity_dir)
-            if self.continuity_dir
-            else Path(self.trainer.default_root_dir) / "continuity"
-        )
-        paths = recorder.save(out_dir)
-        summary = recorder.summary()
-        self._report["continuity/files"] = {k: str(v) for k, v in paths.items()}
-        self._report["continuity/summary"] = summary
-        self._report["continuity/sequences"] = buffer.num_sequences
-        log.info("continuity analysis written to %s", out_dir)
-
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["wavecast"] = {
@@ -767,13 +607,9 @@ class STDiffModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        source = str(getattr(self._trainer, "ckpt_path", None) or "checkpoint")
+        source = checkpoint_source(self)
         meta = checkpoint.get("wavecast") or {}
-        model = meta.get("model")
-        if model not in (None, "stdiff"):
-            raise ConfigError(
-                f"{source} holds a '{model}' model, not STDiff: wrong ckpt_path or experiment"
-            )
+        check_model_kind(meta, "stdiff", "STDiff", source)
         for key in ("state_dict", "current_model_state"):
             if key in checkpoint:
                 self._check_state(checkpoint[key], source)
@@ -782,16 +618,12 @@ class STDiffModule(pl.LightningModule):
             extra = checkpoint.get("state_dict", {}).get("net._extra_state")
             stored = extra.get("scheduler_config") if isinstance(extra, Mapping) else None
         if stored is not None:
-            diff = scheduler_differences(stored, self.net.scheduler_config)
-            if diff:
-                raise ConfigError(
-                    f"{source} was trained with another noise schedule than "
-                    "model.noise_scheduler; sampling must use the training schedule: "
-                    + ", ".join(
-                        f"model.noise_scheduler.{k}: checkpoint {a!r} vs config {b!r}"
-                        for k, (a, b) in diff.items()
-                    )
-                )
+            check_config(
+                scheduler_differences(stored, self.net.scheduler_config),
+                f"{source} was trained with another noise schedule than model.noise_scheduler; "
+                "sampling must use the training schedule",
+                "model.noise_scheduler",
+            )
         data = meta.get("data") or {}
         if data and self.data_spec is not None:
             for key in ("normalization", "channels"):
@@ -818,23 +650,7 @@ class STDiffModule(pl.LightningModule):
                 f"{source} has no STDiff network weights ('net.*' keys; found "
                 f"{sorted(sd)[:5]}): not an STDiff training checkpoint"
             )
-        missing = sorted(ours.keys() - theirs.keys())
-        extra = sorted(theirs.keys() - ours.keys())
-        bad = [
-            f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in ours.items()
-            if isinstance(v, Tensor) and k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
-        ]
-        if missing or extra or bad:
-            parts = []
-            for what, keys in (("missing", missing), ("unexpected", extra), ("shape", bad)):
-                if keys:
-                    more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-                    parts.append(f"{what}: {', '.join(keys[:5])}{more}")
-            raise ConfigError(
-                f"{source} does not fit the network of model.net (another architecture?): "
-                + "; ".join(parts)
-            )
+        check_state_dict(ours, theirs, source, "model.net (another architecture?)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -885,63 +701,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, tuple):
         return list(v)
     return v
-
-
-def reduce_over_samples(values: Tensor, higher_is_better: bool) -> tuple[Tensor, Tensor]:
-    """``values [K, B, Tp]`` -> (mean over K ``[B, Tp]``, best of K ``[B, Tp]``).
-
-    Best of K: per sequence the sample whose mean over the steps is best by this metric
-    (NaN steps ignored; a sample with no finite step is never chosen unless all are NaN).
-    """
-    if values.dim() != 3:
-        raise ValueError(
-            f"reduce_over_samples: values must be [K, B, Tp], got {tuple(values.shape)}"
-        )
-    values = values.double()
-    mean_k = _nanmean(values, dim=0)
-    score = _nanmean(values, dim=2)  # [K, B]
-    worst = -math.inf if higher_is_better else math.inf
-    score = torch.where(torch.isnan(score), torch.full_like(score, worst), score)
-    pick = score.argmax(0) if higher_is_better else score.argmin(0)  # [B]
-    best_k = values.gather(0, pick.view(1, -1, 1).expand(1, -1, values.shape[2]))[0]
-    return mean_k, best_k
-
-
-def _nanmean(x: Tensor, dim: int) -> Tensor:
-    finite = ~torch.isnan(x)
-    count = finite.sum(dim)
-    total = torch.where(finite, x, torch.zeros_like(x)).sum(dim)
-    return total / count  # 0 / 0 = NaN where nothing is finite
-
-
-class _TrajectoryBuffer:
-    """Pipeline ``step_callback`` that keeps ``x_t`` and ``eps_hat`` of every (frame, step) for
-    the first ``n_sequences`` sequences of every sample (on the CPU), to stack the frames of one
-    denoising step afterwards: STDiff denoises its frames one after the other, the continuity
-    recorder compares adjacent frames at the same step."""
-
-    def __init__(self, n_sequences: int) -> None:
-        self.n_sequences = n_sequences
-        self.x: dict[tuple[int, int], Tensor] = {}
-        self.eps: dict[tuple[int, int], Tensor] = {}
-        self.timesteps: dict[int, int] = {}
-        self.num_sequences = 0
-
-    def __call__(self, frame: int, step: int, timestep: Tensor, x_t: Tensor, eps: Tensor) -> None:
-        n = min(self.n_sequences, x_t.shape[1])
-        self.num_sequences = x_t.shape[0] * n
-        self.x[frame, step] = x_t[:, :n].flatten(0, 1).detach().float().cpu()
-        self.eps[frame, step] = eps[:, :n].flatten(0, 1).detach().float().cpu()
-        self.timesteps[step] = int(torch.as_tensor(timestep).flatten()[0])
-
-    @property
-    def num_frames(self) -> int:
-        return len({f for f, _ in self.x})
-
-    def stacked(self):
-        """Yield (step, timestep, x_t [B', F, C, H, W], eps [B', F, C, H, W]) per step."""
-        frames = sorted({f for f, _ in self.x})
-        for step in sorted(self.timesteps):
-            x = torch.stack([self.x[f, step] for f in frames], dim=1)
-            e = torch.stack([self.eps[f, step] for f in frames], dim=1)
-            yield step, self.timesteps[step], x, e

@@ -1,5 +1,6 @@
-"""Temporal latent fusion: TemporalModule, flow warping and estimation, flow-guided cross-frame
-attention, alpha warmup, continuity analysis.
+"""Temporal latent fusion: TemporalModule, flow-guided cross-frame attention, alpha warmup,
+continuity analysis; flow warping and estimation re-exported from `wavecast.warping` /
+`wavecast.flow` (where the data pipeline can use them too).
 
 Names are imported lazily, so `import temporal` pulls in neither Lightning (callbacks) nor
 OpenCV (flow) until they are used.
@@ -11,10 +12,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "warp": "temporal.warping",
-    "forward_splat": "temporal.warping",
-    "resize_flow": "temporal.warping",
-    "valid_mask": "temporal.warping",
+    "warp": "wavecast.warping",
+    "forward_splat": "wavecast.warping",
+    "resize_flow": "wavecast.warping",
+    "valid_mask": "wavecast.warping",
     "TemporalModule": "temporal.temporal_module",
     "MultiScaleTemporalFusion": "temporal.temporal_module",
     "WarpRefiner": "temporal.temporal_module",
@@ -22,11 +23,11 @@ _EXPORTS = {
     "EdgePreservingLoss": "temporal.edge_loss",
     "edge_preserving_loss": "temporal.edge_loss",
     "sobel_gradients": "temporal.edge_loss",
-    "estimate_flow": "temporal.flow",
-    "compose_flow": "temporal.flow",
-    "accumulate_flow": "temporal.flow",
-    "forward_backward_consistency": "temporal.flow",
-    "end_point_error": "temporal.flow",
+    "estimate_flow": "wavecast.flow",
+    "compose_flow": "wavecast.flow",
+    "accumulate_flow": "wavecast.flow",
+    "forward_backward_consistency": "wavecast.flow",
+    "end_point_error": "wavecast.flow",
     "AlphaWarmup": "temporal.callbacks",
     "CrossFrameMemory": "temporal.flow_attention",
     "FlowGuidedAttnProcessor": "temporal.flow_attention",
@@ -36,8 +37,6 @@ _EXPORTS = {
     "ContinuityRecorder": "temporal.continuity",
     "adjacent_frame_metrics": "temporal.continuity",
     "predict_x0": "temporal.continuity",
-    "frame_truncation_schedule": "temporal.continuity",
-    "interpolate_from_key_frames": "temporal.continuity",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Temporal continuity of a video latent across denoising steps, and frame-truncation sampling.
+"""Temporal continuity of a video latent across denoising steps.
 
 At each denoising step t of a video sampler (frames f = 0 .. F-1), the recorder measures how
 much adjacent frames differ, in x0-space
@@ -16,10 +16,8 @@ Outputs: a PNG with two panels (distance and cosine vs step; matplotlib when ins
 PIL drawing), the raw arrays (NPZ), summary statistics over the early / middle / late thirds of
 the steps (JSON, and a rich table).
 
-Frame truncation: since adjacent frames differ much at early steps and little at late ones,
-`frame_truncation_schedule` plans denoising only key frames early and all frames after a switch
-step, where the non-key frames are initialised by interpolating their neighbouring key frames
-(`interpolate_from_key_frames`).
+What the study suggests (adjacent frames differ much at early steps and little at late ones)
+is used by the STDiff sampler's frame truncation, `stdiff.truncation`.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -401,100 +398,3 @@ def simulate_denoising_trajectory(
             x_t = flat.view_as(x_t)
 
     return scheduler.alphas_cumprod.clone(), run()
-
-
-# -------------------------------------------------------------------------- frame truncation
-@dataclass
-class FrameTruncationSchedule:
-    """Which frames a sampler denoises at each step (see `frame_truncation_schedule`).
-
-    active [num_steps, num_frames] bool; interpolation maps each non-key frame to
-    (left key frame, right key frame, weight of the right one) for its initialisation at
-    `switch_step`.
-    """
-
-    num_frames: int
-    num_steps: int
-    key_frames: list[int]
-    switch_step: int
-    active: np.ndarray
-    interpolation: dict[int, tuple[int, int, float]] = field(default_factory=dict)
-
-    def frames_at(self, step: int) -> list[int]:
-        return [int(f) for f in np.flatnonzero(self.active[step])]
-
-    @property
-    def evaluations(self) -> int:
-        """Frame-denoising evaluations in total (a full sampler does num_frames * num_steps)."""
-        return int(self.active.sum())
-
-    @property
-    def speedup(self) -> float:
-        """Ideal speed-up in denoiser work over full sampling (num_frames * num_steps / evaluations)."""
-        return self.num_frames * self.num_steps / max(self.evaluations, 1)
-
-
-def frame_truncation_schedule(
-    num_frames: int, num_steps: int, key_every: int, switch_fraction: float
-) -> FrameTruncationSchedule:
-    """Denoise only key frames (every `key_every`-th frame, plus the last) for the first
-    round(switch_fraction * num_steps) steps, and all frames from that switch step on.
-
-    At the switch, a sampler initialises each non-key frame from its two neighbouring key
-    frames (`interpolate_from_key_frames`). switch_fraction 0 = plain full sampling.
-    """
-    if num_frames < 1 or num_steps < 1:
-        raise ValueError(
-            f"frame_truncation_schedule: num_frames and num_steps must be >= 1, got {num_frames}, {num_steps}"
-        )
-    if key_every < 1:
-        raise ValueError(f"frame_truncation_schedule: key_every must be >= 1, got {key_every}")
-    if not 0.0 <= switch_fraction <= 1.0:
-        raise ValueError(
-            f"frame_truncation_schedule: switch_fraction must be in [0, 1], got {switch_fraction}"
-        )
-    keys = sorted(set(range(0, num_frames, key_every)) | {num_frames - 1})
-    switch = int(round(switch_fraction * num_steps))
-    active = np.zeros((num_steps, num_frames), dtype=bool)
-    active[:switch, keys] = True
-    active[switch:] = True
-    interp: dict[int, tuple[int, int, float]] = {}
-    for f in range(num_frames):
-        if f in keys:
-            continue
-        left = max(k for k in keys if k < f)
-        right = min(k for k in keys if k > f)
-        interp[f] = (left, right, (f - left) / (right - left))
-    return FrameTruncationSchedule(num_frames, num_steps, keys, switch, active, interp)
-
-
-def interpolate_from_key_frames(
-    x: torch.Tensor,
-    schedule: FrameTruncationSchedule,
-    frame_dim: int = 1,
-    noise_std: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Fill the non-key frames of x (frames along `frame_dim`) by linear interpolation of their
-    neighbouring key frames; the key frames are returned unchanged.
-
-    noise_std: if given (the noise level of x_t at the switch, sqrt(1 - abar_t)), fresh
-    Gaussian noise of std noise_std * sqrt(1 - (1 - w)^2 - w^2) is added, giving back the noise
-    variance that averaging two independent noisy latents removes.
-    """
-    if x.shape[frame_dim] != schedule.num_frames:
-        raise ValueError(
-            f"interpolate_from_key_frames: x has {x.shape[frame_dim]} frames along dim {frame_dim}, "
-            f"the schedule {schedule.num_frames}"
-        )
-    out = x.clone()
-    for f, (left, right, w) in schedule.interpolation.items():
-        value = (1 - w) * x.select(frame_dim, left) + w * x.select(frame_dim, right)
-        if noise_std is not None:
-            extra = math.sqrt(max(0.0, 1.0 - (1 - w) ** 2 - w**2))
-            noise = torch.randn(
-                value.shape, generator=generator, dtype=value.dtype, device=value.device
-            )
-            value = value + noise_std * extra * noise
-        out.select(frame_dim, f).copy_(value)
-    return out

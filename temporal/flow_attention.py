@@ -4,7 +4,7 @@ While frame t is denoised, each hooked self-attention layer attends to the curre
 tokens and also to cached keys / values of earlier frames:
 
 - the previous frame's K/V, warped to frame t's token grid by the source flow t-1 -> t
-  (backward sampling, `temporal.warping`), with a bias on their logits from a discrepancy mask;
+  (backward sampling, `wavecast.warping`), with a bias on their logits from a discrepancy mask;
 - a memory bank: a static anchor (the first frame seen) plus dynamic keyframes in a deque;
   anchor + keyframes <= `memory_bank_size` entries (so the deque holds size - 1).
 
@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from temporal.warping import check_flow, resize_flow, warp
+from wavecast.warping import check_flow, resize_flow, warp
 
 KV = tuple[torch.Tensor, torch.Tensor]
 FrameKV = dict[str, dict[int, KV]]  # layer name -> call index -> (k, v), each [B, heads, N, d]

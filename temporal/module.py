@@ -10,7 +10,7 @@ One step:
 
 1. Both frames are encoded by the frozen VAE as one-frame clips (no grad, posterior mode):
    z_prev, z_cur [B, C, H/8, W/8].
-2. The flow goes to the latent grid with `temporal.warping.resize_flow` (area averaging by
+2. The flow goes to the latent grid with `wavecast.warping.resize_flow` (area averaging by
    default: a latent pixel covers an 8 x 8 block of image pixels; values scaled by 1/8). Its
    validity is pooled the same way; a latent pixel counts as valid when at least
    `latent_valid_threshold` of its block is.
@@ -53,8 +53,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +64,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from temporal.temporal_module import TemporalModule
-from temporal.warping import carry_forward, masked_l1, resize_flow
+from wavecast.checkpoints import (
+    check_config,
+    check_model_kind,
+    check_state_dict,
+    checkpoint_source,
+    config_differences,
+    load_checkpoint,
+)
 from wavecast.config import ConfigError
 from wavecast.metrics.image import psnr
+from wavecast.warping import carry_forward, masked_l1, resize_flow
 
 log = logging.getLogger(__name__)
 
@@ -100,40 +107,18 @@ def load_vae_weights(vae: nn.Module, path: str | Path) -> None:
     ConfigError naming `model.vae_ckpt` and the file on a missing file, another model's
     checkpoint, another WF-VAE config, or keys that do not match.
     """
-    path = Path(str(path))
-    if not path.is_file():
-        raise ConfigError(f"model.vae_ckpt: file '{path}' does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints may pickle non-tensor objects (hyper-parameters); the file is
-        # the user's own, named in the config.
-        log.info("model.vae_ckpt: %s needs full unpickling (weights_only=False)", path)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(obj, dict):
-        raise ConfigError(f"model.vae_ckpt: '{path}' holds a {type(obj).__name__}, not a dict")
+    obj = load_checkpoint(path, "model.vae_ckpt")
+    source = f"model.vae_ckpt: '{path}'"
     if "state_dict" in obj:
         meta = obj.get("wavecast") or {}
-        if meta.get("model") not in (None, "wfvae"):
-            raise ConfigError(
-                f"model.vae_ckpt: '{path}' is a '{meta.get('model')}' checkpoint, not a WF-VAE run"
-            )
-        ours = dict(getattr(vae, "config", {}) or {})
-        theirs = meta.get("net_config") or {}
-        diff = [
-            f"model.vae.{k}: checkpoint {theirs[k]!r} vs config {ours[k]!r}"
-            for k in sorted(ours.keys() & theirs.keys())
-            if k != "gradient_checkpointing" and theirs[k] != ours[k]
-        ]
-        if diff:
-            raise ConfigError(
-                f"model.vae_ckpt: '{path}' was trained with another WF-VAE config: "
-                + ", ".join(diff)
-            )
+        check_model_kind(meta, "wfvae", "a WF-VAE run", source)
+        _check_vae_config(
+            vae, meta.get("net_config") or {}, f"{source} was trained with another WF-VAE config"
+        )
         state = {k[4:]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
         if not state:
             raise ConfigError(
-                f"model.vae_ckpt: '{path}' is a Lightning checkpoint without 'net.*' keys under "
+                f"{source} is a Lightning checkpoint without 'net.*' keys under "
                 "state_dict (not a WF-VAE run?)"
             )
     else:
@@ -141,13 +126,15 @@ def load_vae_weights(vae: nn.Module, path: str | Path) -> None:
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"model.vae_ckpt: '{path}' is neither a checkpoint nor a state_dict")
     state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}  # torch.compile prefix
-    missing, unexpected = vae.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"model.vae_ckpt: '{path}' does not match model.vae: missing {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{' ...' if len(unexpected) > 5 else ''}"
-        )
+    check_state_dict(vae.state_dict(), state, source, "model.vae")
+    vae.load_state_dict(state)
+
+
+def _check_vae_config(vae: nn.Module, theirs: Mapping[str, Any], message: str) -> None:
+    """Refuse a checkpoint made with another WF-VAE config (``theirs``) than model.vae."""
+    ours = dict(getattr(vae, "config", {}) or {})
+    diff = config_differences(ours, theirs, ignore=("gradient_checkpointing",))
+    check_config(diff, message, "model.vae")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -527,21 +514,12 @@ class TemporalFusionModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        source = checkpoint_source(self)
         meta = checkpoint.get("wavecast", {})
-        if meta.get("model") not in (None, "temporal"):
-            raise ConfigError(
-                f"checkpoint holds a '{meta.get('model')}' model, not the temporal model: wrong "
-                "ckpt_path or experiment"
-            )
-        ours = dict(getattr(self.vae, "config", {}) or {})
-        theirs = meta.get("vae_config") or {}
-        diff = [
-            f"model.vae.{k}: checkpoint {theirs[k]!r} vs config {ours[k]!r}"
-            for k in sorted(ours.keys() & theirs.keys())
-            if k != "gradient_checkpointing" and theirs[k] != ours[k]
-        ]
-        if diff:
-            raise ConfigError("checkpoint was trained with another WF-VAE: " + ", ".join(diff))
+        check_model_kind(meta, "temporal", "the temporal model", source)
+        _check_vae_config(
+            self.vae, meta.get("vae_config") or {}, f"{source} was trained with another WF-VAE"
+        )
         state = checkpoint.setdefault("state_dict", {})
         if any(k.startswith("vae.") for k in state):
             self._vae_digest = None  # the checkpoint's VAE weights replace ours

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from temporal.warping import carry_forward, masked_l1
+from wavecast.warping import carry_forward, masked_l1
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from temporal.warping import PADDING_MODES, check_flow, resize_flow, warp
+from wavecast.warping import PADDING_MODES, check_flow, resize_flow, warp
 
 OVERRIDE_GRAD_MODES = ("zero", "straight_through")
 

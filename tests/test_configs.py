@@ -62,7 +62,7 @@ def test_trainer_configs_compose(trainer, tmp_path):
     import lightning.pytorch as pl
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 
-    from wavecast.checkpoint_io import AtomicCheckpointIO
+    from wavecast.checkpoints import AtomicCheckpointIO
 
     want = TRAINERS[trainer]
     cfg = compose("train.yaml", [f"trainer={trainer}"], tmp_path)

@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from stdiff.truncation import frame_truncation_schedule, interpolate_from_key_frames
 from temporal.continuity import (
     ContinuityRecorder,
     adjacent_frame_metrics,
-    frame_truncation_schedule,
-    interpolate_from_key_frames,
     plot_continuity,
     predict_x0,
     simulate_denoising_trajectory,

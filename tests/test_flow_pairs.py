@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from temporal.warping import warp
 from wavecast.data.errors import DataError
 from wavecast.data.flow_pairs import (
     FlowPairDataModule,
@@ -19,6 +18,7 @@ from wavecast.data.flow_pairs import (
     read_flow_file,
     resize_crop_pair,
 )
+from wavecast.warping import warp
 
 TRAIN = ["2011_09_26_drive_0001_sync", "2011_09_28_drive_0001_sync"]
 VAL = ["2011_09_26_drive_0002_sync"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from temporal.flow import (
+from wavecast.flow import (
     accumulate_flow,
     compose_flow,
     end_point_error,

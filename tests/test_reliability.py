@@ -3,7 +3,7 @@
 The other scenarios of a cluster user live beside: SIGTERM / SIGINT mid-epoch
 (test_preemption.py), resume at epoch boundaries and after periodic saves (test_resume.py),
 sweeps with failing trials (test_sweeps.py), a diverging run (test_divergence.py), truncated
-checkpoints and bad values at start-up (test_checkpoint_io.py, test_startup_checks.py).
+checkpoints and bad values at start-up (test_checkpoints.py, test_startup_checks.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from tests.conftest import ROOT
-from wavecast.checkpoint_io import atomic_torch_save, check_checkpoint_file
+from wavecast.checkpoints import atomic_torch_save, check_checkpoint_file
 
 _WRITER = """
 import sys, torch
-from wavecast.checkpoint_io import atomic_torch_save
+from wavecast.checkpoints import atomic_torch_save
 atomic_torch_save({"w": torch.ones(int(sys.argv[2]))}, sys.argv[1])
 """
 

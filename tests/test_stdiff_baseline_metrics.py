@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from stdiff.module import FLAT_METRICS
+from stdiff.evaluation import FLAT_METRICS
 from tests.conftest import compose
 from tests.test_stdiff_training import TINY
 from wavecast.data.range_projection import RangeProjection

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from stdiff.module import reduce_over_samples
+from stdiff.evaluation import reduce_over_samples
 from tests.conftest import compose
 from tests.test_stdiff_training import TINY, check_ok, only_run_dir, run_script
 from wavecast.config import ConfigError
@@ -160,7 +160,7 @@ def module_and_batch(tmp_path_factory, synthetic_kitti):
 
 def _shifted_images(batch, module, metres: float) -> torch.Tensor:
     """Future range images of the true ranges moved outwards by ``metres`` ([B, Tp, 1, H, W])."""
-    proj = module._projection
+    proj = module.range_space.projection
     r = batch["range_m"][:, module.n_obs :]
     valid = batch["mask"][:, module.n_obs :]
     moved = torch.where(valid, (r + metres).clamp(max=proj.max_range), r)
@@ -183,7 +183,7 @@ def test_metrics_of_exact_and_shifted_predictions(module_and_batch):
     out = module.score(moved, vp, batch)
     r = batch["range_m"][:, module.n_obs :, 0].double()
     valid = batch["mask"][:, module.n_obs :, 0]
-    top = module._projection.max_range
+    top = module.range_space.projection.max_range
     expected = ((r + shift).clamp(max=top) - r).abs()
     expected = (expected * valid).sum((-2, -1)) / valid.sum((-2, -1))  # [B, Tp]
     assert torch.allclose(out["range_l1_m"][0].double(), expected, atol=2e-3)
@@ -220,7 +220,7 @@ def test_best_of_k_is_chosen_per_sequence_by_its_mean_over_steps():
 
 
 def test_lpips_is_scored_per_sample_and_step(module_and_batch, monkeypatch):
-    import stdiff.module as mod
+    import stdiff.evaluation as mod
 
     module, batch = module_and_batch
     calls = []

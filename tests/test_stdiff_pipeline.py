@@ -8,6 +8,7 @@ from diffusers import DDPMScheduler
 
 from stdiff import STDiff, STDiffPipeline, stdiff_config
 from stdiff.configs import DEFAULT_SCHEDULER_CONFIG
+from stdiff.pipeline import STDiffPipelineOutput
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -222,3 +223,12 @@ def test_conditioning_frames_are_clamped_to_the_data_range():
     nar.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 1:].clone()))
     STDiffPipeline(nar)(vo, IDX_O, torch.tensor([3.0]), num_inference_steps=1)
     assert torch.equal(seen[0], torch.clamp(vo[:, :, 0], -1, 1))
+
+
+def test_output_reads_as_fields_and_as_a_mapping_of_what_is_set():
+    out = STDiffPipeline(tiny())(clip(n=1), IDX_O, torch.tensor([3.0]), num_inference_steps=1)
+    assert isinstance(out, STDiffPipelineOutput)
+    assert out.frames is out["frames"] and set(out) == {"frames", "motion", "idx_p"}
+    assert "truncation" not in out and out.get("truncation") is None and out.truncation is None
+    with pytest.raises(KeyError):
+        out["cross_frame"]

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stdiff import STDiff, STDiffPipeline, stdiff_config
-from stdiff.pipeline import autoregressive_truncation_schedule
+from stdiff import STDiff, STDiffPipeline
 from stdiff.spade import GROUP_NORM_MIN_PIXELS, instance_norm
-from temporal.continuity import frame_truncation_schedule
-from temporal.flow import estimate_flow
+from stdiff.truncation import autoregressive_truncation_schedule, frame_truncation_schedule
 from temporal.flow_attention import CrossFrameMemory
+from tests.test_stdiff_pipeline import clip, next_frame, tiny
+from wavecast.flow import estimate_flow
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,23 +22,8 @@ IDX_P = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0])
 STEPS = 6
 
 
-def tiny(seed: int = 0, **overrides) -> STDiff:
-    torch.manual_seed(seed)
-    model = STDiff(**stdiff_config("tiny", **{"tde": {"dt": 0.5}, **overrides})).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # non-zero SDE nets and a less trivial UNet
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
-
-
 def nar(seed: int = 0) -> STDiff:
     return tiny(seed, autoregressive=False, concat_observed=True, unet={"in_channels": 4})
-
-
-def clip(n: int = 2, t: int = 3, h: int = 16, w: int = 32, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, t, 1, h, w, generator=g) * 2 - 1
 
 
 def moving_clip(n: int = 1, t: int = 3, shift: int = 2) -> torch.Tensor:
@@ -54,10 +39,6 @@ def sample(pipe: STDiffPipeline, vo: torch.Tensor, seed: int = 0, **kw) -> dict:
     kw.setdefault("scheduler_type", "ddim")
     kw.setdefault("num_inference_steps", STEPS)
     return pipe(vo, IDX_O, IDX_P, generator=torch.Generator().manual_seed(seed), **kw)
-
-
-def next_frame(previous: torch.Tensor) -> torch.Tensor:
-    return 0.6 * previous + 0.2
 
 
 def install_ar_oracle(model: STDiff, log: list) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from temporal.warping import forward_splat, resize_flow, valid_mask, warp
+from wavecast.warping import forward_splat, resize_flow, valid_mask, warp
 
 
 def _const_flow(b: int, h: int, w: int, dx: float, dy: float) -> torch.Tensor:
@@ -172,7 +172,7 @@ def test_package_exports_are_the_documented_objects_whatever_was_imported_first(
     import types
 
     import temporal
-    from temporal import warping
+    from wavecast import warping
 
     submodules = {m.name for m in pkgutil.iter_modules(temporal.__path__)}
     assert not submodules & set(temporal.__all__)

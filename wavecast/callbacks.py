@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from wavecast.hooks import LogsMedia
 from wavecast.media import log_media
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class MediaLogger(pl.Callback):
             return
         if trainer.current_epoch % self.every_n_epochs != 0 or not trainer.is_global_zero:
             return
-        if not hasattr(pl_module, "media_from_batch"):
+        if not isinstance(pl_module, LogsMedia):
             return
         with torch.no_grad():
             media = pl_module.media_from_batch(batch)
@@ -147,65 +148,3 @@ class EpochSeed(pl.Callback):
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
-
-
-class LastCheckpoint(pl.Callback):
-    """Keeps `<dirpath>/last.ckpt` fresh: every N optimizer steps, after every training epoch and
-    at the end of training (the resume point of `ckpt_path=last`).
-
-    Lightning's ModelCheckpoint takes either a step or an epoch trigger, not both, and two
-    instances writing `last.ckpt` rename one of them `last-v1.ckpt`; hence this small callback.
-    Writes go through the trainer, so the atomic CheckpointIO applies and only rank 0 writes.
-    """
-
-    def __init__(self, dirpath: str, every_n_train_steps: int | None = 50) -> None:
-        if every_n_train_steps is not None and every_n_train_steps < 1:
-            raise ValueError(
-                f"LastCheckpoint.every_n_train_steps must be >= 1 or null, got {every_n_train_steps}"
-            )
-        self.dirpath = Path(dirpath)
-        self.every_n_train_steps = every_n_train_steps
-        # (global_step, where) of the last save: a batch-end save and the epoch-end save of the
-        # same step hold different loop states (mid-epoch vs epoch finished), so both are written.
-        self._saved_at: tuple[int, str] | None = None
-
-    @property
-    def path(self) -> Path:
-        return self.dirpath / "last.ckpt"
-
-    def _save(self, trainer: pl.Trainer, where: str) -> None:
-        if trainer.sanity_checking or self._saved_at == (trainer.global_step, where):
-            return
-        trainer.save_checkpoint(self.path, weights_only=False)
-        self._saved_at = (trainer.global_step, where)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n = self.every_n_train_steps
-        if n and trainer.global_step > 0 and trainer.global_step % n == 0:
-            self._save(trainer, "batch")
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Saved where Lightning's ModelCheckpoint saves epoch-end checkpoints, so the loop state
-        # restores to "epoch finished" (on_train_epoch_end would replay one epoch too few).
-        if trainer.state.fn == "fit":
-            self._save(trainer, "validation")
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        # Preemption (SIGTERM: Lightning stops at the end of the current batch) or Ctrl-C: the
-        # weights are those of a finished optimizer step, so they are saved as the resume point.
-        # Any other exception may have left them half-updated: the last good checkpoint stays.
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if trainer.state.fn != "fit" or not isinstance(
-            exception, SIGTERMException | KeyboardInterrupt
-        ):
-            return
-        self._save(trainer, "interrupted")
-        log.warning("interrupted (%s): saved %s", type(exception).__name__, self.path)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Right after a validation save of this step the state is the same: no second write.
-        if self._saved_at != (trainer.global_step, "validation"):
-            self._save(trainer, "end")

@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 log = logging.getLogger(__name__)
+
+
+def all_finite(
+    x: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> bool:
+    """True when every value of ``x`` is finite; with ``reduce`` a min over ranks (e.g.
+    ``trainer.strategy.reduce(., reduce_op="min")``), on every rank, so that all ranks take
+    the same branch (a rank skipping its backward while the others all-reduce hangs them)."""
+    ok = torch.isfinite(x.detach()).all().float()
+    if reduce is not None:
+        ok = reduce(ok)
+    return bool(ok > 0.5)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,10 +44,7 @@ class NonFiniteGuard:
         self.consecutive = 0
 
     def check(self, loss: torch.Tensor, name: str = "loss", reduce=None) -> bool:
-        ok = torch.isfinite(loss.detach()).all().float()
-        if reduce is not None:
-            ok = reduce(ok)
-        if bool(ok > 0.5):
+        if all_finite(loss, reduce):
             self.consecutive = 0
             return True
         self.skipped += 1

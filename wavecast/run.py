@@ -22,8 +22,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wavecast.checkpoint_io import check_checkpoint_file
+from wavecast.checkpoints import check_checkpoint_file
 from wavecast.config import ConfigError, print_config_tree, validate_config
+from wavecast.hooks import ChecksData, CompilesNetworks, ReportsEval, RunsAnalyses
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     kwargs = {"batch_size": batch} if batch is not None else {}
     datamodule: pl.LightningDataModule = instantiate(cfg.data, **kwargs)
     model: pl.LightningModule = instantiate(cfg.model, _recursive_=True)
-    if hasattr(model, "check_data"):
+    if isinstance(model, ChecksData):
         model.check_data(datamodule)
-    if cfg.get("compile") and hasattr(model, "compile_networks"):
+    if cfg.get("compile") and isinstance(model, CompilesNetworks):
         model.compile_networks()
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callback")
     loggers = _instantiate_dict(cfg.get("logger"), "logger")
@@ -358,15 +359,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     objs = build(cfg)
     trainer: pl.Trainer = objs["trainer"]
     model = objs["model"]
-    if hasattr(model, "analyses"):
+    if isinstance(model, RunsAnalyses):
         model.analyses = list(cfg.get("analyses", []))
     try:
         run = trainer.test if cfg.get("split", "test") == "test" else trainer.validate
         run(model, datamodule=objs["datamodule"], ckpt_path=ckpt)
         metrics = _metrics(trainer)
-        extra = getattr(model, "eval_report", None)
-        if callable(extra):
-            metrics.update(extra())
+        if isinstance(model, ReportsEval):
+            metrics.update(model.eval_report())
     finally:
         _finish_loggers(objs["loggers"])
     if trainer.is_global_zero:

@@ -39,60 +39,39 @@ FramesPolicy = Literal["error", "pad"]
 TIME_COMPRESSION = 4
 SPACE_COMPRESSION = 8
 
+# What every named configuration shares (the published recipe); they differ in size only.
+_RECIPE: dict[str, Any] = dict(
+    use_attention=True,
+    norm_type="layernorm",
+    t_interpolation="trilinear",
+    connect_res_layer_num=1,
+)
+
+
+def _sized(latent_dim: int, base_channels: int, resblocks: int, flow_hidden: int) -> dict:
+    """A configuration of the recipe: latent channels, base width, ResNet blocks per level and
+    energy-flow hidden size (the same for encoder and decoder)."""
+    return dict(
+        latent_dim=latent_dim,
+        base_channels=base_channels,
+        encoder_num_resblocks=resblocks,
+        decoder_num_resblocks=resblocks,
+        encoder_energy_flow_hidden_size=flow_hidden,
+        decoder_energy_flow_hidden_size=flow_hidden,
+        **_RECIPE,
+    )
+
+
 #: Named configurations (constructor kwargs).
 WFVAE_CONFIGS: dict[str, dict[str, Any]] = {
     # The published WF-VAE-L 16-channel model (examples/wfvae-large-16chn.json): 317 M params.
-    "wfvae_l_16ch": dict(
-        latent_dim=16,
-        base_channels=192,
-        encoder_num_resblocks=2,
-        decoder_num_resblocks=2,
-        encoder_energy_flow_hidden_size=128,
-        decoder_energy_flow_hidden_size=128,
-        use_attention=True,
-        norm_type="layernorm",
-        t_interpolation="trilinear",
-        connect_res_layer_num=1,
-    ),
+    "wfvae_l_16ch": _sized(latent_dim=16, base_channels=192, resblocks=2, flow_hidden=128),
     # WF-VAE-S: the L recipe at base width 128, 8 latent channels (141 M params).
-    "wfvae_s": dict(
-        latent_dim=8,
-        base_channels=128,
-        encoder_num_resblocks=2,
-        decoder_num_resblocks=2,
-        encoder_energy_flow_hidden_size=128,
-        decoder_energy_flow_hidden_size=128,
-        use_attention=True,
-        norm_type="layernorm",
-        t_interpolation="trilinear",
-        connect_res_layer_num=1,
-    ),
+    "wfvae_s": _sized(latent_dim=8, base_channels=128, resblocks=2, flow_hidden=128),
     # The spec's speed-table model "bc 64, efs 64" (latent 8, 2 ResNet blocks per level).
-    "bc64": dict(
-        latent_dim=8,
-        base_channels=64,
-        encoder_num_resblocks=2,
-        decoder_num_resblocks=2,
-        encoder_energy_flow_hidden_size=64,
-        decoder_energy_flow_hidden_size=64,
-        use_attention=True,
-        norm_type="layernorm",
-        t_interpolation="trilinear",
-        connect_res_layer_num=1,
-    ),
+    "bc64": _sized(latent_dim=8, base_channels=64, resblocks=2, flow_hidden=64),
     # Small enough for unit tests on 2 CPU cores.
-    "tiny": dict(
-        latent_dim=4,
-        base_channels=8,
-        encoder_num_resblocks=1,
-        decoder_num_resblocks=1,
-        encoder_energy_flow_hidden_size=16,
-        decoder_energy_flow_hidden_size=16,
-        use_attention=True,
-        norm_type="layernorm",
-        t_interpolation="trilinear",
-        connect_res_layer_num=1,
-    ),
+    "tiny": _sized(latent_dim=4, base_channels=8, resblocks=1, flow_hidden=16),
 }
 
 

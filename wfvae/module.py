@@ -56,8 +56,17 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from wavecast.checkpoints import (
+    check_config,
+    check_model_kind,
+    check_state_dict,
+    checkpoint_source,
+    config_differences,
+    load_checkpoint,
+    state_dict_mismatch,
+)
 from wavecast.config import ConfigError
-from wavecast.guards import NonFiniteGuard
+from wavecast.guards import NonFiniteGuard, all_finite
 from wavecast.lr_schedule import build_lr_scheduler, run_length
 from wavecast.metrics.baselines import VIDEO_BASELINES
 from wavecast.metrics.flicker import temporal_flicker
@@ -76,7 +85,10 @@ log = logging.getLogger(__name__)
 GanSchedule = Literal["alternate", "joint"]
 
 # Network config keys that do not change the weights' meaning: a checkpoint may differ in them.
-_NON_ARCH_KEYS = frozenset({"frames_policy", "gradient_checkpointing", "dropout"})
+NON_ARCH_KEYS = frozenset({"frames_policy", "gradient_checkpointing", "dropout"})
+_REFERENCE_HINT = (
+    " (a checkpoint of the published code? convert it first with scripts/convert_reference.py)"
+)
 # A generator step index below every disc_start: the GAN term is off (evaluation losses).
 _NO_GAN_STEP = -1
 
@@ -274,10 +286,6 @@ class WFVAEModule(pl.LightningModule):
     def _reduce_min(self, x: Tensor) -> Tensor:
         return self.trainer.strategy.reduce(x, reduce_op="min") if self._trainer else x
 
-    def _all_finite(self, x: Tensor) -> bool:
-        """True when ``x`` is finite on every rank (all ranks must take the same branch)."""
-        return bool(self._reduce_min(torch.isfinite(x.detach()).all().float()) > 0.5)
-
     def _buffer_snapshot(self) -> list[tuple[Tensor, Tensor]]:
         # Forward passes in train mode update running statistics (the discriminator's
         # BatchNorm); a skipped step must not keep statistics of a non-finite batch.
@@ -299,7 +307,7 @@ class WFVAEModule(pl.LightningModule):
 
         Exactly one `guard.check` per call, so "consecutive" counts steps, not checks.
         """
-        if not self._all_finite(loss):
+        if not all_finite(loss, self._reduce_min):
             # Every rank gets here; the reduced check counts the skip (raises past the limit).
             guard.check(loss, f"{name} loss", self._reduce_min)
             return None
@@ -514,7 +522,7 @@ class WFVAEModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        source = str(getattr(self._trainer, "ckpt_path", None) or "checkpoint")
+        source = checkpoint_source(self)
         meta = checkpoint.get("wavecast") or {}
         self._check_meta(meta, source)
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
@@ -540,26 +548,12 @@ class WFVAEModule(pl.LightningModule):
 
     def _check_meta(self, meta: Mapping[str, Any], source: str) -> None:
         """Refuse another model's checkpoint, or one of an incompatible network config."""
-        model = meta.get("model")
-        if model not in (None, "wfvae"):
-            raise ConfigError(
-                f"{source} holds a '{model}' model, not a WF-VAE: wrong checkpoint or experiment"
-            )
-        ours = dict(getattr(self.net, "config", {}) or {})
+        check_model_kind(meta, "wfvae", "a WF-VAE", source)
         # "net_config" in training checkpoints, "config" in scripts/convert_reference.py output.
         theirs = meta.get("net_config") or meta.get("config") or {}
-        diff = {
-            k: (theirs[k], ours[k])
-            for k in sorted(ours.keys() & theirs.keys())
-            if k not in _NON_ARCH_KEYS and theirs[k] != ours[k]
-        }
-        if diff:
-            raise ConfigError(
-                f"{source} was made with another WF-VAE config: "
-                + ", ".join(
-                    f"model.net.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items()
-                )
-            )
+        ours = dict(getattr(self.net, "config", {}) or {})
+        diff = config_differences(ours, theirs, ignore=NON_ARCH_KEYS)
+        check_config(diff, f"{source} was made with another WF-VAE config", "model.net")
 
     def _match_state_dict(
         self, sd: dict[str, Tensor], source: str, strict_loss: bool
@@ -576,28 +570,25 @@ class WFVAEModule(pl.LightningModule):
                   for k, v in sd.items()}  # fmt: skip
         ours = self.state_dict()
         net_sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
-        _check_net_state(self.net, net_sd, source)
+        net_ours = self.net.state_dict()
+        # Keys, but none in common: most likely the published code's own layout.
+        hint = _REFERENCE_HINT if net_sd and not net_ours.keys() & net_sd.keys() else ""
+        check_state_dict(net_ours, net_sd, source, "model.net", prefix="net.", hint=hint)
         out = {f"net.{k}": v for k, v in net_sd.items()}
         rest_ours = {k: v for k, v in ours.items() if not k.startswith("net.")}
         rest_theirs = {k: v for k, v in sd.items() if not k.startswith("net.")}
-        missing = sorted(rest_ours.keys() - rest_theirs.keys())
-        extra = sorted(rest_theirs.keys() - rest_ours.keys())
-        bad = [
-            f"{k}: checkpoint {tuple(rest_theirs[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in rest_ours.items()
-            if k in rest_theirs and tuple(rest_theirs[k].shape) != tuple(v.shape)
-        ]
-        if strict_loss and (missing or extra or bad):
+        mismatch = state_dict_mismatch(rest_ours, rest_theirs)
+        if strict_loss and mismatch:
             raise ConfigError(
                 f"{source} does not fit this model's loss / discriminator (model.loss): "
-                + _summary(missing, extra, bad)
+                + mismatch.summary()
                 + "; resume with the config it was trained with, or start from it with "
                 "model.init_ckpt"
             )
-        if missing or extra or bad:
+        if mismatch:
             rank_zero_info(
                 f"{source}: loss / discriminator entries not taken from the checkpoint "
-                f"(evaluation uses the network only): {_summary(missing, extra, bad)}"
+                f"(evaluation uses the network only): {mismatch.summary()}"
             )
         for k, v in rest_ours.items():
             theirs = rest_theirs.get(k)
@@ -612,20 +603,7 @@ class WFVAEModule(pl.LightningModule):
         layout or `--plain`), or a bare `WFVAE` state dict. Nothing is copied unless every
         network tensor is present with the right shape.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"model.init_ckpt: file '{path}' does not exist")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - Lightning checkpoints may hold other picklables
-            try:
-                raw = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as e:  # noqa: BLE001 - report any load failure with the file name
-                raise ConfigError(
-                    f"model.init_ckpt: '{path}' is not a torch checkpoint ({e})"
-                ) from e
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"model.init_ckpt: '{path}' holds a {type(raw).__name__}, not a dict")
+        raw = load_checkpoint(path, "model.init_ckpt")
         source = f"model.init_ckpt={path}"
         self._check_meta(raw.get("wavecast") or {}, source)
         sd = raw["state_dict"] if isinstance(raw.get("state_dict"), Mapping) else raw
@@ -637,38 +615,6 @@ class WFVAEModule(pl.LightningModule):
         self.load_state_dict(matched, strict=True)
         n_net = sum(k.startswith("net.") for k in matched)
         log.info("model.init_ckpt: %d network tensors loaded from %s", n_net, path)
-
-
-def _summary(missing: list[str], extra: list[str], bad: list[str], n: int = 6) -> str:
-    parts = []
-    for what, keys in (("missing", missing), ("unexpected", extra), ("shape mismatch", bad)):
-        if keys:
-            more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-            parts.append(f"{what}: {', '.join(keys[:n])}{more}")
-    return "; ".join(parts)
-
-
-def _check_net_state(net: nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
-    ours = net.state_dict()
-    missing = sorted(ours.keys() - sd.keys())
-    extra = sorted(sd.keys() - ours.keys())
-    bad = [
-        f"net.{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in ours.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    if missing or extra or bad:
-        hint = ""
-        if extra and not set(ours) & set(sd):
-            hint = (
-                " (a checkpoint of the published code? convert it first with "
-                "scripts/convert_reference.py)"
-            )
-        raise ConfigError(
-            f"{source} does not fit the network of model.net: "
-            + _summary([f"net.{k}" for k in missing], [f"net.{k}" for k in extra], bad)
-            + hint
-        )
 
 
 def _build_lpips_metric(spec: Any) -> PerceptualLoss | None:

@@ -11,7 +11,7 @@ Flow sources (`flow_source`):
 * ``ground_truth``: the synthetic KITTI's exact flow, ``<root>/ground_truth/<drive>/flow/
   %010d.npz`` (file t holds 'flow' [H, W, 2] and 'valid' [H, W] from frame t to t+1, defined at
   the pixels of frame t). Only the synthetic KITTI ships it; image_02 only.
-* ``dis`` / ``farneback``: OpenCV, estimated on the resized frames (`temporal.flow.estimate_flow`).
+* ``dis`` / ``farneback``: OpenCV, estimated on the resized frames (`wavecast.flow.estimate_flow`).
   `flow_valid` is then the forward-backward consistency mask (`consistency_check`, one more
   flow estimate per pair) or all True.
 * ``raft``: torchvision RAFT from a local weights file (`raft_weights`), when torchvision is
@@ -40,6 +40,7 @@ from wavecast.data.datamodules import _KittiDataModule, _plain
 from wavecast.data.datasets import CROPS, ON_ERROR, _check_choice, _check_names, _ClipDataset
 from wavecast.data.errors import DataError
 from wavecast.data.kitti_raw import KittiRawDrive, find_drive
+from wavecast.flow import estimate_flow, forward_backward_consistency
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +233,6 @@ class KittiFlowPairs(_ClipDataset):
 
     def _estimate(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [2, 3, H, W] in [-1, 1] -> flow [2, H, W], valid [1, H, W] bool."""
-        from temporal.flow import estimate_flow, forward_backward_consistency
-
         a, b = frames[:1], frames[1:]
         kwargs = dict(
             method=self.flow_source,

@@ -170,26 +170,40 @@ def make_street(rng: np.random.Generator, duration: float) -> Scene:
     """A random street for a drive of `duration` seconds.
 
     The layout depends only on the generator state and the duration (never on how many frames are
-    actually written), so a truncated regeneration reproduces the same first frames.
+    actually written), so a truncated regeneration reproduces the same first frames. Every part
+    draws from `rng` in this order (changing the order changes every generated drive).
     """
+    ego = _ego_motion(rng, duration)
+    # The street runs along x from behind the start to well past where the ego car ends.
+    x_lo, x_hi = -60.0, float(ego.position(duration)[0]) + 110.0
+    b = _Builder(rng)
+    _add_ground(b)
+    _add_pavements(b, rng, x_lo, x_hi)
+    _add_facades(b, rng, x_lo, x_hi)
+    _add_parked_cars(b, rng, x_lo, x_hi)
+    _add_poles(b, rng, x_lo, x_hi)
+    _add_moving(b, rng, ego, duration)
+    return _scene(b.rows, ego, (x_lo, x_hi))
+
+
+def _ego_motion(rng: np.random.Generator, duration: float) -> EgoMotion:
+    """Speed 5-12 m/s with a small constant acceleration (kept in that range over the drive)
+    and a lateral wobble."""
     speed = float(rng.uniform(5.0, 12.0))
     accel = float(rng.uniform(-0.3, 0.3))
     end_speed = speed + accel * duration
     if not 5.0 <= end_speed <= 12.0:
         accel = float((np.clip(end_speed, 5.0, 12.0) - speed) / duration)
-    ego = EgoMotion(
+    return EgoMotion(
         speed=speed,
         accel=accel,
         wobble=float(rng.uniform(0.1, 0.35)),
         omega=float(rng.uniform(0.3, 0.8)),
         phase=float(rng.uniform(0, 2 * np.pi)),
     )
-    path = float(ego.position(duration)[0])
-    x_lo, x_hi = -60.0, path + 110.0
-    length = x_hi - x_lo
-    x_mid = 0.5 * (x_lo + x_hi)
-    b = _Builder(rng)
 
+
+def _add_ground(b: _Builder) -> None:
     b.add(
         PLANE,
         (0.0, 0.0, GROUND_Z),
@@ -200,20 +214,25 @@ def make_street(rng: np.random.Generator, duration: float) -> Scene:
         axes=(1, 1, 0),
     )
 
+
+def _add_pavements(b: _Builder, rng: np.random.Generator, x_lo: float, x_hi: float) -> None:
+    """One raised pavement box between each kerb and its facade line, the street's length."""
     pave_half_z = 0.5 * (KERB_HEIGHT + 0.2)
     pave_z = GROUND_Z + KERB_HEIGHT - pave_half_z
     for y0, y1 in ((RIGHT_FACADE, RIGHT_KERB), (LEFT_KERB, LEFT_FACADE)):
         b.add(
             BOX,
-            (x_mid, 0.5 * (y0 + y1), pave_z),
-            (0.5 * length, 0.5 * (y1 - y0), pave_half_z),
+            (0.5 * (x_lo + x_hi), 0.5 * (y0 + y1), pave_z),
+            (0.5 * (x_hi - x_lo), 0.5 * (y1 - y0), pave_half_z),
             "pavement",
             *b.colour_pair(np.array([0.62, 0.60, 0.56]) * rng.uniform(0.9, 1.1), 0.15),
             (0.5, 1.2),
             axes=(1, 1, 0.3),
         )
 
-    # Facades with gaps (sky and the ground beyond show through them).
+
+def _add_facades(b: _Builder, rng: np.random.Generator, x_lo: float, x_hi: float) -> None:
+    """Building facades on both sides, with gaps (sky and the ground beyond show through)."""
     for side in (-1, 1):
         x = x_lo
         while x < x_hi:
@@ -236,7 +255,9 @@ def make_street(rng: np.random.Generator, duration: float) -> Scene:
             gap = float(rng.uniform(3.0, 10.0)) if rng.random() < 0.5 else 0.0
             x += seg + gap
 
-    # Parked cars in the parking strips.
+
+def _add_parked_cars(b: _Builder, rng: np.random.Generator, x_lo: float, x_hi: float) -> None:
+    """Parked cars in both parking strips: a slot every 6 m, taken with probability 0.6."""
     for y_lane in (RIGHT_PARKING_Y, LEFT_PARKING_Y):
         x = x_lo + float(rng.uniform(0, 6))
         while x < x_hi - 6:
@@ -259,7 +280,9 @@ def make_street(rng: np.random.Generator, duration: float) -> Scene:
                 )
             x += 6.0
 
-    # Poles near the kerbs.
+
+def _add_poles(b: _Builder, rng: np.random.Generator, x_lo: float, x_hi: float) -> None:
+    """Poles on the pavements near both kerbs, 15-35 m apart."""
     for y_pole in (RIGHT_KERB - 0.5, LEFT_KERB + 0.5):
         x = x_lo + float(rng.uniform(0, 20))
         while x < x_hi:
@@ -277,17 +300,15 @@ def make_street(rng: np.random.Generator, duration: float) -> Scene:
             )
             x += float(rng.uniform(15.0, 35.0))
 
-    _add_moving(b, rng, ego, duration)
 
-    rows = b.rows
-    lo = np.array([r["lo"] for r in rows])
-    hi = np.array([r["hi"] for r in rows])
+def _scene(rows: list[dict], ego: EgoMotion, extent_x: tuple[float, float]) -> Scene:
+    """The builder's rows as the Scene's per-object arrays, with the road markings."""
     textures = Textures(
         freq=np.array([r["freq"] for r in rows]),
         phase=np.array([r["phase"] for r in rows]),
         amp=np.array([r["amp"] for r in rows]),
-        lo=lo,
-        hi=hi,
+        lo=np.array([r["lo"] for r in rows]),
+        hi=np.array([r["hi"] for r in rows]),
         stripe_obj=0,
         # Centre line (dashed) and the two lane edge lines.
         stripe_y=np.array([0.5 * (0.0 + ONCOMING_LANE_Y), -1.8, ONCOMING_LANE_Y + 1.8]),
@@ -303,7 +324,7 @@ def make_street(rng: np.random.Generator, duration: float) -> Scene:
         label=[r["label"] for r in rows],
         textures=textures,
         ego=ego,
-        extent_x=(x_lo, x_hi),
+        extent_x=extent_x,
     )
 
 

@@ -1,6 +1,6 @@
 """Optical flow tools: estimation (OpenCV DIS / Farneback, RAFT), composition, consistency masks.
 
-Flows follow the package convention (see `temporal.warping`): [B, 2, H, W] in pixels, channel 0 =
+Flows follow the package convention (see `wavecast.warping`): [B, 2, H, W] in pixels, channel 0 =
 dx (right), channel 1 = dy (down); a flow a -> b says where the content at pixel p of frame a
 is in frame b: a(p) ~ b(p + flow(p)).
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from temporal.warping import check_flow, pixel_grid, resize_flow, sample_at
+from wavecast.warping import check_flow, pixel_grid, resize_flow, sample_at
 
 FLOW_METHODS = ("dis", "farneback", "raft")
 _RAFT_CACHE: dict[tuple, torch.nn.Module] = {}

@@ -1,6 +1,6 @@
 """Flow warping on pixel grids: backward sampling, forward splatting, flow resizing, valid masks.
 
-Conventions (shared by the whole `temporal` package):
+Conventions (shared by every flow user: `wavecast.flow`, `wavecast.data.flow_pairs`, `temporal`):
 
 - A flow is [B, 2, H, W] in **pixels of the grid it lives on**; channel 0 = dx (right),
   channel 1 = dy (down).

@@ -1,0 +1,1 @@
+"""Benchmark harness and sections of scripts/benchmark.py (one file per section)."""

@@ -1,0 +1,65 @@
+"""What the STDiff sections share: the named configurations, their frame sizes, the autocast
+of a mode, the conv peak per thread count and the ratios to the published code's figures.
+
+Modes: fp32 | fp32_cl | bf16 | bf16_cl (_cl: channels-last model and input). Sizes (H, W):
+reduced 64 x 128, kitti_range 64 x 512, tiny 16 x 32.
+"""
+
+from __future__ import annotations
+
+from scripts.bench.harness import Context, add_peak_fractions, conv_peak, in_process, references
+
+STDIFF_SIZES = {"reduced": (64, 128), "kitti_range": (64, 512), "tiny": (16, 32)}
+
+
+def stdiff_threads(ctx: Context) -> list[int]:
+    """Thread counts of the STDiff sections (``--stdiff-threads``, default ``--threads``)."""
+    return ctx.args.stdiff_threads or [ctx.args.threads]
+
+
+def conv_peaks(ctx: Context) -> dict:
+    """The conv peak at every STDiff thread count (kept in ``ctx.stdiff_peaks``)."""
+    ctx.stdiff_peaks = {n: in_process(conv_peak, n)["gflops"] for n in stdiff_threads(ctx)}
+    return {"stdiff_conv_peak_gflops": {str(n): p for n, p in ctx.stdiff_peaks.items()}}
+
+
+def stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: bool = False):
+    """The named STDiff configuration (seed 0); mode fp32 | fp32_cl | bf16 | bf16_cl."""
+    import torch
+
+    from stdiff import STDiff, stdiff_config
+
+    torch.manual_seed(0)
+    model = STDiff(**stdiff_config(config, tde={"adjoint": adjoint}))
+    model.unet.set_gradient_checkpointing(checkpointing)
+    if mode.endswith("_cl"):
+        model = model.to_channels_last()
+    return model
+
+
+def autocast(mode: str):
+    """bf16 autocast for the bf16 modes (weight-cast cache on, as measured so far)."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+
+
+def add_reference_ratios(row: dict, peak: dict | None) -> dict:
+    """Reference ratios and fractions of the conv peak for a training / UNet row."""
+    ref = references()["stdiff"]
+    add_peak_fractions(row, peak)
+    if "adjoint" in row and row["config"] == "reduced":
+        row["speedup_vs_reference_3.3s"] = ref["reduced_train_step_s"] / row["time_s"]
+        row["speedup_vs_reference_4s"] = ref["reduced_train_step_s_rough"] / row["time_s"]
+        # The reference's FLOP count of the same step, per our second.
+        row["reference_gflop_per_s"] = ref["reduced_train_gflop"] / row["time_s"]
+    elif "adjoint" in row and row["config"] == "kitti_range":
+        row["speedup_vs_reference_98s"] = ref["kitti_range_train_step_s"] / row["time_s"]
+        gb = row["peak_minus_baseline_mb"] / 1024
+        row["peak_minus_baseline_over_reference_22.3gb"] = gb / ref["kitti_range_train_peak_gb"]
+    elif "cached_motion_time_s" in row and row["config"] == "kitti_range":
+        row["speedup_vs_reference_6.4s"] = ref["kitti_range_unet_eval_s"] / row["time_s"]
+        row["cached_speedup_vs_reference_6.4s"] = (
+            ref["kitti_range_unet_eval_s"] / row["cached_motion_time_s"]
+        )
+    return row
