@@ -339,6 +339,8 @@ def stdiff_strip(results: dict, path: Path) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from stdiff.evaluation import baseline_forecasts
+
     module, cfg = load_run(Path(results["stdiff"]["run"]["run_dir"]))
     dm = instantiate(cfg.data)
     dm.setup("test")
@@ -350,8 +352,8 @@ def stdiff_strip(results: dict, path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         pred = module.sample(vo, 1, module.num_inference_steps, g, module.scheduler_type)[0, 0]
-    base = module.baseline_forecasts(vo, batch)
-    r = module.range_channel
+    base = baseline_forecasts(vo, batch, module.n_pred, module.range_space, module.baselines)
+    r = module.range_space.channel
 
     def grey(x: torch.Tensor) -> torch.Tensor:  # [Tp, C, H, W] -> [Tp, 3, H, W] range channel
         return x[:, r : r + 1].expand(-1, 3, -1, -1)

@@ -30,8 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from stdiff.pipeline import STDiffPipeline
-from temporal.flow import estimate_flow, forward_backward_consistency
 from temporal.streaming import warping_error
+from wavecast.checkpoints import load_checkpoint
+from wavecast.flow import estimate_flow, forward_backward_consistency
 from wavecast.metrics import temporal_flicker
 
 # CrossFrameMemory's defaults with DIS flow: the published design, not tuned on this data.
@@ -46,7 +47,7 @@ def load_run(run_dir: Path) -> tuple[Any, Any]:
             raise SystemExit(f"{path}: missing (is {run_dir} a train.py run of an STDiff model?)")
     cfg = OmegaConf.load(cfg_path)
     module = instantiate(cfg.model)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt, "last.ckpt", weights_only=False)
     module.load_state_dict(state["state_dict"])
     return module.eval(), cfg
 
@@ -61,7 +62,7 @@ def gt_flows(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def evaluate(module: Any, dm: Any, args: argparse.Namespace) -> dict[str, Any]:
     pipe = STDiffPipeline(module.net)
-    r = module.range_channel
+    r = module.range_space.channel
     rows: dict[str, dict[str, list]] = {m: {} for m in ("plain", "cross_frame")}
     floor: list[float] = []
     seen = 0
