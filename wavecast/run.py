@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wavecast.checkpoint_io import check_checkpoint_file
-from wavecast.config import ConfigError, print_config_tree, validate_config
+from wavecast.config import ConfigError, print_config_tree, validate_config, validate_run_keys
 
 log = logging.getLogger(__name__)
 
@@ -317,44 +317,86 @@ def objective_value(metrics: dict[str, float], name: str | None, mode: str = "mi
     return value if math.isfinite(value) else worst
 
 
-def _data_overridden() -> bool:
+def _task_overrides() -> list[str]:
+    """The command line's overrides (``key=value``, ``+key=...``, ``~key``), [] outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return False
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
-    return any(k == "data" or k.startswith("data.") for k in keys)
+        return []
+    return list(HydraConfig.get().overrides.task)
 
 
-def _use_run_data(cfg: DictConfig, ckpt: str) -> None:
-    """Evaluate on the data the checkpoint's run was trained with (its config_tree.yaml), unless
-    the command line names data itself; say which."""
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+RUN_CONFIG_GROUPS = ("model", "data")
+
+
+def _use_run_config(cfg: DictConfig, ckpt: str) -> dict[str, str]:
+    """Evaluate with the model and data config of the checkpoint's run (its config_tree.yaml).
+
+    Per group: the command line's own `model.*` / `data.*` keys are applied on top of the run's
+    config; a group chosen on the command line (`data=video_folder`) replaces it. Returns
+    {group: where it came from}, which is logged and written to the metrics JSON.
+    """
     tree = Path(ckpt).resolve().parent.parent / "config_tree.yaml"
-    if _data_overridden() or not tree.is_file():
-        log.info("evaluating on data %s (from this command's config)", cfg.data.get("root"))
-        return
-    run_data = OmegaConf.load(tree).get("data")
-    if run_data is None:
-        return
-    with open_dict(cfg):
-        cfg.data = run_data
-    log.info(
-        "evaluating on the data of the checkpoint's run (%s: root %s); override with data=... "
-        "or data.*=...",
-        tree,
-        run_data.get("root"),
-    )
+    sources: dict[str, str] = {}
+    if not tree.is_file():
+        for group in RUN_CONFIG_GROUPS:
+            sources[group] = "this command's config (no config_tree.yaml beside the checkpoint)"
+            log.info("eval %s: %s", group, sources[group])
+        return sources
+    run_cfg = OmegaConf.load(tree)
+    overrides = _task_overrides()
+    for group in RUN_CONFIG_GROUPS:
+        run_node = run_cfg.get(group)
+        keys = [_override_key(o) for o in overrides]
+        if run_node is None or group in keys:
+            sources[group] = (
+                f"this command's config ({group}=...)"
+                if group in keys
+                else (f"this command's config (the run has no {group})")
+            )
+        else:
+            merged = OmegaConf.create(OmegaConf.to_container(run_node))
+            mine = [o for o in overrides if _override_key(o).startswith(group + ".")]
+            for o in mine:
+                sub = _override_key(o)[len(group) + 1 :]
+                if o.startswith("~"):
+                    parent, _, leaf = sub.rpartition(".")
+                    node = OmegaConf.select(merged, parent) if parent else merged
+                    if isinstance(node, DictConfig) and leaf in node:
+                        with open_dict(node):
+                            del node[leaf]
+                else:
+                    value = OmegaConf.select(cfg, _override_key(o))
+                    OmegaConf.update(merged, sub, value, force_add=True)
+            with open_dict(cfg):
+                cfg[group] = merged
+            extra = f", with {', '.join(_override_key(o) for o in mine)} from this command's config"
+            sources[group] = f"the checkpoint's run ({tree}){extra if mine else ''}"
+        node = cfg.get(group)
+        what = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        root = (
+            f", root {node.get('root')}" if group == "data" and isinstance(node, DictConfig) else ""
+        )
+        log.info("eval %s: %s%s from %s", group, what, root, sources[group])
+    return sources
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test (or validate) a checkpoint; writes the metrics to JSON in the run directory."""
-    _start(cfg)
+    """Test (or validate) a checkpoint with the model and data config of its run (unless the
+    command line overrides them); writes the metrics to JSON in the run directory."""
+    setup_logging()
+    validate_run_keys(cfg)  # a missing ckpt_path is named before anything else
     ckpt = resolve_ckpt_path(cfg)
     if ckpt is None:
         raise ConfigError("ckpt_path: nothing to evaluate (no checkpoint found)")
     with open_dict(cfg):
         cfg.train = False
-    _use_run_data(cfg, ckpt)
+    sources = _use_run_config(cfg, ckpt)
+    _start(cfg)  # checks and prints the config actually used
     objs = build(cfg)
     trainer: pl.Trainer = objs["trainer"]
     model = objs["model"]
@@ -371,6 +413,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         _finish_loggers(objs["loggers"])
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir) / cfg.get("metrics_file", "metrics.json")
-        out.write_text(json.dumps({"checkpoint": ckpt, "metrics": metrics}, indent=2))
+        record = {"checkpoint": ckpt, "config_from": sources, "metrics": metrics}
+        out.write_text(json.dumps(record, indent=2))
         log.info("metrics written to %s", out)
     return metrics
