@@ -1,6 +1,6 @@
 """A user's own videos: every video file under a folder, split into train / val / test by whole
 video, for the WF-VAE (`VideoFolderDataModule`, clips) and the TemporalModule
-(`VideoFlowPairDataModule`, consecutive frame pairs with OpenCV flow).
+(`VideoFlowPairDataModule`, consecutive frame pairs with OpenCV DIS flow).
 
 Splits (by relative path, never by position in a folder listing):
 
@@ -25,17 +25,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from wavecast.data.datamodules import SPLITS, HorizontalFlip, _KittiDataModule, _plain
 from wavecast.data.datasets import (
     CROPS,
+    ON_ERROR,
     VideoFolderClips,
     _check_choice,
+    _ClipDataset,
+    frame_geometry,
+    resize_crop,
 )
 from wavecast.data.errors import DataError
-from wavecast.data.video import VIDEO_EXTENSIONS, list_videos
+from wavecast.data.video import VIDEO_EXTENSIONS, VideoReader, list_videos
 
 log = logging.getLogger(__name__)
 
@@ -331,3 +336,188 @@ class VideoFolderDataModule(_VideoFolderBase):
             max_size=self.max_size,
         )
         return HorizontalFlip(ds) if split == "train" and self.train_flip else ds
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame pairs with OpenCV flow, for the TemporalModule
+
+PAIR_FLOW_SOURCES = ("dis", "farneback", "raft")
+
+
+def estimate_pair_flow(
+    frames: torch.Tensor,
+    method: str = "dis",
+    consistency_check: bool = True,
+    raft_weights: str | None = None,
+    raft_model: str = "large",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """frames [2, 3, H, W] in [-1, 1] -> flow [2, H, W] (frame 0 -> 1, pixels), valid [1, H, W]:
+    the forward-backward consistency mask (one more estimate) or all True."""
+    from temporal.flow import estimate_flow, forward_backward_consistency
+
+    kwargs = dict(
+        method=method, raft_weights=raft_weights, value_range=(-1.0, 1.0), raft_model=raft_model
+    )
+    a, b = frames[:1], frames[1:]
+    fw = estimate_flow(a, b, **kwargs)
+    if consistency_check:
+        valid = forward_backward_consistency(fw, estimate_flow(b, a, **kwargs)) > 0.5
+    else:
+        valid = torch.ones_like(fw[:, :1], dtype=torch.bool)
+    return fw[0], valid[0]
+
+
+class VideoFlowPairs(_ClipDataset):
+    """Consecutive frame pairs (t-1, t) of the videos `files` (relative to `root`) with the flow
+    t-1 -> t estimated on the resized frames: the items of `wavecast.data.flow_pairs`,
+    {"frames": [2, 3, H, W] in [-1, 1], "flow": [2, H, W], "flow_valid": [1, H, W] bool,
+    "drive": relative path, "start": index of frame t-1}.
+
+    Geometry as `VideoFolderClips` (image_size, or per video from short_side / max_size).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        files: Sequence[str],
+        image_size: Sequence[int] | None = None,
+        short_side: int | None = 128,
+        max_size: int | None = None,
+        flow_source: str = "dis",
+        stride: int = 1,
+        crop: str = "center",
+        on_error: str = "raise",
+        consistency_check: bool = True,
+        raft_weights: str | None = None,
+        raft_model: str = "large",
+    ) -> None:
+        _check_choice("data.flow_source", flow_source, PAIR_FLOW_SOURCES)
+        _check_choice("crop", crop, CROPS)
+        _check_choice("on_error", on_error, ON_ERROR)
+        if stride < 1:
+            raise ValueError(f"data.stride must be >= 1, got {stride}")
+        self._init_skips()
+        self.root = Path(root)
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        self.flow_source, self.stride, self.crop, self.on_error = (
+            flow_source,
+            stride,
+            crop,
+            on_error,
+        )
+        self.consistency_check = bool(consistency_check)
+        self.raft_weights, self.raft_model = raft_weights, raft_model
+        self.videos: list[tuple[Path, np.ndarray | None]] = []
+        self.sizes: list[tuple[int, int]] = []
+        self.clips = []
+        for rel in files:
+            path = self.root / rel
+            try:
+                with VideoReader(path) as reader:
+                    n, pts, size = reader.n_frames, reader.frame_pts, reader.size
+                out_size = self.image_size or frame_geometry(size, short_side, max_size, path)
+                if n < 2:
+                    raise DataError(f"video has {n} frame(s): no pair", path)
+            except DataError as err:
+                if on_error == "raise":
+                    raise
+                self._skip(str(err))
+                continue
+            k = len(self.videos)
+            self.videos.append((path, pts))
+            self.sizes.append(out_size)
+            self.clips += [(k, s) for s in range(0, n - 1, self.stride)]
+        if not self.clips:
+            raise DataError(
+                f"no usable frame pairs in {list(files)} (skipped: {self.skipped})", self.root
+            )
+
+    def clip_size(self, i: int) -> tuple[int, int]:
+        return self.sizes[self.clips[i][0]]
+
+    def _read(self, i: int) -> dict:
+        k, start = self.clips[i]
+        path, pts = self.videos[k]
+        with VideoReader(path, frame_pts=pts) as reader:
+            frames = resize_crop(reader.read_clip(start, 2), self.sizes[k], self.crop)
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+        x = (x / 127.5 - 1.0).contiguous()
+        flow, valid = estimate_pair_flow(
+            x, self.flow_source, self.consistency_check, self.raft_weights, self.raft_model
+        )
+        return {
+            "frames": x,
+            "flow": flow.contiguous(),
+            "flow_valid": valid.contiguous(),
+            "drive": str(path.relative_to(self.root).as_posix()),
+            "start": start,
+        }
+
+
+class VideoFlowPairDataModule(_VideoFolderBase):
+    """Frame pairs with OpenCV flow {"frames": [B, 2, 3, H, W], "flow": [B, 2, H, W],
+    "flow_valid": [B, 1, H, W], "drive", "start"} from the videos under `root`, for the
+    TemporalModule (`experiment=temporal_video`). Splits and geometry as `VideoFolderDataModule`;
+    flow_source "dis" | "farneback" (OpenCV) | "raft" (local weights); `max_pairs_per_split`
+    caps each split with evenly spaced pairs.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int,
+        train_videos: Sequence[str] | None = None,
+        val_videos: Sequence[str] | None = None,
+        test_videos: Sequence[str] | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        short_side: int | None = 128,
+        max_size: int | None = None,
+        image_size: Sequence[int] | None = None,
+        flow_source: str = "dis",
+        stride: int = 1,
+        train_crop: str = "center",
+        consistency_check: bool = True,
+        raft_weights: str | None = None,
+        raft_model: str = "large",
+        extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        num_workers: int = 0,
+        on_error: str = "raise",
+        synthetic: Mapping[str, Any] | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        max_pairs_per_split: Mapping[str, int | None] | None = None,
+    ) -> None:
+        _check_choice("data.flow_source", flow_source, PAIR_FLOW_SOURCES)
+        _check_choice("data.train_crop", train_crop, CROPS)
+        if flow_source == "raft":
+            from wavecast.data.flow_pairs import _check_raft
+
+            _check_raft(raft_weights)
+        super().__init__(
+            root, batch_size, train_videos, val_videos, test_videos, val_fraction, test_fraction,
+            short_side, max_size, image_size, extensions, num_workers, on_error, synthetic,
+            pin_memory, persistent_workers, max_pairs_per_split,
+        )  # fmt: skip
+        if int(stride) < 1:
+            raise ValueError(f"data.stride must be >= 1, got {stride}")
+        self.clip_length = 2
+        self.flow_source, self.stride, self.train_crop = flow_source, int(stride), train_crop
+        self.consistency_check = bool(consistency_check)
+        self.raft_weights, self.raft_model = raft_weights, raft_model
+
+    def _build(self, split: str) -> Dataset:
+        return VideoFlowPairs(
+            self.root,
+            self.drives[split],
+            image_size=self.frame_size,
+            short_side=self.short_side,
+            max_size=self.max_size,
+            flow_source=self.flow_source,
+            stride=self.stride,
+            crop=self.train_crop if split == "train" else "center",
+            on_error=self.on_error,
+            consistency_check=self.consistency_check,
+            raft_weights=self.raft_weights,
+            raft_model=self.raft_model,
+        )
