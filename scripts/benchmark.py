@@ -8,12 +8,13 @@
 Every time comes with its ceiling, measured in the same run: FLOPs (FlopCounterMode), achieved
 GFLOP/s and the fraction of the machine's conv peak (one large Conv3d, fp32 and bf16
 channels-last). Each model measurement runs in a fresh process so that its peak RSS is its own.
-Reference figures (published code, same machine kind) come from shared/spec/wfvae.md; with
-``--reference-wfvae DIR`` (a checkout of PKU-YuanGroup/WF-VAE) the published code is also timed
-in the same run, on the same machine, which is the ratio to trust (machines of one kind differ
-by 20 % or more in their conv peak).
+Reference figures (the published code timed on the same machine kind) are the REFERENCE table
+in this file; with ``--reference-wfvae DIR`` (a checkout of PKU-YuanGroup/WF-VAE) the published
+code is also timed in the same run, on the same machine, which is the ratio to trust (machines
+of one kind differ by 20 % or more in their conv peak).
 
-STDiff sections (only when named; shared/spec/stdiff.md has the reference figures):
+STDiff sections (only when named; their reference figures are the STDIFF_REFERENCE table in
+this file):
 
     OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only stdiff_train stdiff_unet \
         stdiff_quality --stdiff-threads 1 2
@@ -45,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# shared/spec/wfvae.md: reference code, 2 CPU cores, fp32, batch 1 (seconds, peak GB).
+# The published WF-VAE code as measured on 2 CPU cores, fp32, batch 1 (seconds, peak GB).
 REFERENCE = {
     ("wfvae_l_16ch", "17x128", "encode"): 1.62,
     ("wfvae_l_16ch", "17x128", "decode"): 8.48,
@@ -379,7 +380,7 @@ def lightning_overhead(threads: int, steps: int = 20) -> dict:
 
 
 # ------------------------------------------------------------------------------ STDiff
-# shared/spec/stdiff.md: published code, 2 CPU cores, fp32, batch 1, 3 -> 3 frames.
+# The published STDiff code as measured on 2 CPU cores, fp32, batch 1, 3 -> 3 frames.
 STDIFF_REFERENCE = {
     "reduced_train_step_s": 3.3,  # 261 GFLOP (FlopCounterMode), ~79 GFLOP/s
     "reduced_train_step_s_rough": 4.0,

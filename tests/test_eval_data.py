@@ -37,6 +37,9 @@ def test_eval_without_experiment_uses_the_runs_model_and_data(tmp_path, wfvae_ru
     out = proc.stdout + proc.stderr
     assert "eval model: wfvae.module.WFVAEModule from the checkpoint's run" in out
     assert f"eval data: wavecast.data.datamodules.VideoClipDataModule, root {root}" in out
+    # No weights for the training loss's LPIPS term: said in evaluation words.
+    assert "the perceptual loss term is off" not in out
+    assert "the evaluation loss (test/loss, val/loss) leaves out the perceptual term" in out
     eval_dir, record = _eval_record(tmp_path)
     assert record["config_from"]["model"].startswith("the checkpoint's run")
     assert record["metrics"]["test/psnr"] > 0

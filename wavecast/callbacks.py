@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,15 @@ class EpochSeed(pl.Callback):
         torch.manual_seed(s)
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold the same state_dict (tensors compared exactly)."""
+    sa = torch.load(a, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+    sb = torch.load(b, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa
+    )
+
+
 class LastCheckpoint(pl.Callback):
     """Keeps `<dirpath>/last.ckpt` fresh: every N optimizer steps, after every training epoch and
     at the end of training (the resume point of `ckpt_path=last`).
@@ -207,6 +218,40 @@ class LastCheckpoint(pl.Callback):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at = (trainer.global_step, where)
+
+    def _share_with_best(self, trainer: pl.Trainer) -> None:
+        """When ModelCheckpoint saved its best checkpoint at the step of the last validation-end
+        save of last.ckpt and the weights are the same, keep one file under both names: the
+        best becomes a hard link to last.ckpt (whose loop state is the resume point). Later
+        saves replace last.ckpt atomically (a new file) and removing an old best only drops its
+        name, so neither name ever changes what the other holds."""
+        if not trainer.is_global_zero or self._saved_at is None:
+            return
+        step, where = self._saved_at
+        if where != "validation" or not self.path.is_file():
+            return
+        for cb in trainer.checkpoint_callbacks:
+            best = Path(getattr(cb, "best_model_path", "") or "")
+            if getattr(cb, "save_top_k", None) != 1 or not best.is_file():
+                continue
+            if getattr(cb, "_last_global_step_saved", None) != step:
+                continue  # its best is from another step
+            if os.path.samefile(best, self.path) or not _same_weights(best, self.path):
+                return
+            tmp = best.with_name(f".{best.name}.link.tmp")
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.link(self.path, tmp)
+                os.replace(tmp, best)
+            except OSError as err:  # another file system, no hard links: keep the copy
+                log.info("%s kept as a copy of last.ckpt (%s)", best.name, err)
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            return
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._share_with_best(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
@@ -238,3 +283,4 @@ class LastCheckpoint(pl.Callback):
         # Right after a validation save of this step the state is the same: no second write.
         if self._saved_at != (trainer.global_step, "validation"):
             self._save(trainer, "end")
+        self._share_with_best(trainer)

@@ -6,11 +6,13 @@ steps: check, seed, build, fit / test, report.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wavecast.checkpoint_io import check_checkpoint_file
 from wavecast.config import ConfigError, print_config_tree, validate_config, validate_run_keys
+from wavecast.data.errors import DataError
+from wavecast.metrics.weights import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +215,83 @@ def _start(cfg: DictConfig) -> None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    out = Path(cfg.paths.output_dir)
+
+
+def _announce(cfg: DictConfig) -> None:
+    """Print the config tree once, when everything is built (an error is not buried under
+    it), and save it beside the run."""
     if rank_zero_only.rank == 0:
-        print_config_tree(cfg, save_to=out / "config_tree.yaml")
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.yaml")
+
+
+#: Errors of the start-up checks (config, data, weights files), also when raised inside fit
+#: (data set-up, optimizer checks) before the first step.
+START_UP_ERRORS = (ConfigError, DataError, WeightsError)
+#: What a start writes into its run folder before training, relative to it.
+_START_FILES = ("config_tree.yaml", "csv/hparams.yaml")
+
+
+def _remove_failed_start(cfg: DictConfig) -> None:
+    """Remove the run folder of a start that failed before training, so that it neither piles up
+    in runs/ nor becomes the newest `ckpt_path=last`. Only a folder Hydra made for this run
+    (.hydra/ inside) holding nothing but what a start writes (the log, config_tree.yaml,
+    .hydra/) is removed; sweeps keep their trials' folders (FAILED.txt)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if rank_zero_only.rank != 0 or not HydraConfig.initialized():
+        return
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return
+    out = Path(cfg.paths.output_dir).resolve()
+    if not (out / ".hydra").is_dir():
+        return
+    for path in out.rglob("*"):
+        rel = path.relative_to(out)
+        expected = (
+            rel.parts[0] == ".hydra"
+            or (len(rel.parts) == 1 and rel.suffix == ".log")
+            or rel.as_posix() in _START_FILES
+        )
+        if path.is_file() and not expected:
+            return  # something else was written: keep the folder
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(
+            handler.baseFilename
+        ).resolve().is_relative_to(out):
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(out, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        out.parent.rmdir()  # runs/<run_name>/ when this was its only run
+    log.error("start-up failed before training: removed the run folder %s", out)
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step a Lightning checkpoint was saved at (-1 when it does not say)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # an old, non-zip file: no mmap
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    return int(obj.get("global_step", -1)) if isinstance(obj, dict) else -1
+
+
+def check_not_finished(cfg: DictConfig, ckpt: str | None) -> None:
+    """Resuming a run that already reached trainer.max_steps would do nothing but copy its
+    checkpoint into a new run folder (the newest `last` from then on): say so instead."""
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if ckpt is None or max_steps is None or int(max_steps) < 0:
+        return
+    step = checkpoint_step(ckpt)
+    if step >= int(max_steps):
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path}: {ckpt} is at step {step} and trainer.max_steps="
+            f"{max_steps}: that run has finished, there is nothing to resume. To train it "
+            f"further, raise trainer.max_steps (e.g. ckpt_path={cfg.ckpt_path} "
+            f"trainer.max_steps={2 * int(max_steps)}); to evaluate it: eval.py "
+            f"ckpt_path={ckpt}"
+        )
 
 
 def _finish_loggers(loggers: list[Any]) -> None:
@@ -268,16 +346,27 @@ def _write_final(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) 
 
 def train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) as the config says; returns cfg.optimized_metric (NaN -> inf)."""
-    _start(cfg)
-    ckpt = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
-    _resume_wandb_run(cfg, ckpt)
-    objs = build(cfg)
+    try:
+        _start(cfg)
+        ckpt = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
+        check_not_finished(cfg, ckpt)
+        _resume_wandb_run(cfg, ckpt)
+        objs = build(cfg)
+    except Exception:
+        _remove_failed_start(cfg)
+        raise
+    _announce(cfg)
     trainer: pl.Trainer = objs["trainer"]
     _record_wandb_id(objs["loggers"], Path(cfg.paths.output_dir))
     metrics: dict[str, float] = {}
     try:
         if cfg.get("train", True):
-            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt)
+            try:
+                trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt)
+            except START_UP_ERRORS:
+                if trainer.global_step == 0:  # data set-up / optimizer checks inside fit
+                    _remove_failed_start(cfg)
+                raise
             metrics.update(_metrics(trainer))
         if cfg.get("test"):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
@@ -388,16 +477,24 @@ def _use_run_config(cfg: DictConfig, ckpt: str) -> dict[str, str]:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test (or validate) a checkpoint with the model and data config of its run (unless the
     command line overrides them); writes the metrics to JSON in the run directory."""
-    setup_logging()
-    validate_run_keys(cfg)  # a missing ckpt_path is named before anything else
-    ckpt = resolve_ckpt_path(cfg)
-    if ckpt is None:
-        raise ConfigError("ckpt_path: nothing to evaluate (no checkpoint found)")
-    with open_dict(cfg):
-        cfg.train = False
-    sources = _use_run_config(cfg, ckpt)
-    _start(cfg)  # checks and prints the config actually used
-    objs = build(cfg)
+    try:
+        setup_logging()
+        validate_run_keys(cfg)  # a missing ckpt_path is named before anything else
+        ckpt = resolve_ckpt_path(cfg)
+        if ckpt is None:
+            raise ConfigError("ckpt_path: nothing to evaluate (no checkpoint found)")
+        with open_dict(cfg):
+            cfg.train = False
+        sources = _use_run_config(cfg, ckpt)
+        _start(cfg)  # checks the config actually used
+        from wavecast.metrics.weights import evaluation_only
+
+        with evaluation_only():
+            objs = build(cfg)
+    except Exception:
+        _remove_failed_start(cfg)
+        raise
+    _announce(cfg)
     trainer: pl.Trainer = objs["trainer"]
     model = objs["model"]
     if hasattr(model, "analyses"):
