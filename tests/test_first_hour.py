@@ -128,3 +128,20 @@ def test_readme_commands_use_the_venv_interpreter() -> None:
         if re.match(r"\s*(srun\s+)?python\s", line)
     ]
     assert bare == []
+
+
+def test_same_weights_compares_extra_states_too(tmp_path) -> None:
+    import torch
+
+    from wavecast.callbacks import _same_weights
+
+    def save(name, w, extra):
+        path = tmp_path / name
+        torch.save({"state_dict": {"w": w, "net._extra_state": extra}}, path)
+        return path
+
+    w = torch.arange(6.0)
+    a = save("a.ckpt", w, {"steps": 3, "scale": [1.0, 2.0]})
+    assert _same_weights(a, save("b.ckpt", w.clone(), {"steps": 3, "scale": [1.0, 2.0]}))
+    assert not _same_weights(a, save("c.ckpt", w, {"steps": 4, "scale": [1.0, 2.0]}))
+    assert not _same_weights(a, save("d.ckpt", w + 1, {"steps": 3, "scale": [1.0, 2.0]}))

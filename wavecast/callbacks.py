@@ -181,12 +181,31 @@ class EpochSeed(pl.Callback):
 
 
 def _same_weights(a: Path, b: Path) -> bool:
-    """Whether two checkpoints hold the same state_dict (tensors compared exactly)."""
-    sa = torch.load(a, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
-    sb = torch.load(b, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa
-    )
+    """Whether two checkpoints hold the same state_dict (tensors compared exactly, other entries
+    such as extra states with ==)."""
+
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            return (
+                isinstance(x, torch.Tensor)
+                and isinstance(y, torch.Tensor)
+                and x.shape == y.shape
+                and x.dtype == y.dtype
+                and torch.equal(x, y)
+            )
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, list | tuple) and isinstance(y, list | tuple):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y, strict=True))
+        try:
+            return bool(x == y)
+        except Exception:  # noqa: BLE001 - incomparable: treat as different
+            return False
+
+    load = dict(map_location="cpu", weights_only=False, mmap=True)
+    sa = torch.load(a, **load).get("state_dict", {})
+    sb = torch.load(b, **load).get("state_dict", {})
+    return same(sa, sb)
 
 
 class LastCheckpoint(pl.Callback):
