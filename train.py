@@ -36,4 +36,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    from wavecast.entry import run_with_hints
+
+    run_with_hints(main, "train.yaml")

@@ -8,8 +8,8 @@
 Every time comes with its ceiling, measured in the same run: FLOPs (FlopCounterMode), achieved
 GFLOP/s and the fraction of the machine's conv peak (one large Conv3d, fp32 and bf16
 channels-last). Each model measurement runs in a fresh process so that its peak RSS is its own.
-Reference figures (published code, same machine kind) are in scripts/bench/references.json
-(from shared/spec/wfvae.md and shared/spec/stdiff.md, with their provenance); with
+Reference figures (the published code timed on the same machine kind) are in
+scripts/bench/references.json, each with its provenance; with
 ``--reference-wfvae DIR`` (a checkout of PKU-YuanGroup/WF-VAE) the published code is also timed
 in the same run, on the same machine, which is the ratio to trust (machines of one kind differ
 by 20 % or more in their conv peak).

@@ -73,7 +73,7 @@ from wavecast.checkpoints import (
     load_checkpoint,
 )
 from wavecast.config import ConfigError
-from wavecast.metrics.image import psnr
+from wavecast.metrics.dataset import FramePSNR, MaskedL1
 from wavecast.warping import carry_forward, masked_l1, resize_flow
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,20 @@ class TemporalFusionModule(pl.LightningModule):
         self.vae.requires_grad_(False)
         self.vae.eval()
         self._vae_digest: str | None = None
+        # Dataset-level val / test metrics (torchmetrics state, reset at each epoch end).
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "psnr": FramePSNR(),
+                        "psnr_plain": FramePSNR(),
+                        "temporal_error": MaskedL1(),
+                        "temporal_error_plain": MaskedL1(),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
 
     # ------------------------------------------------------------------ frozen VAE
     def train(self, mode: bool = True) -> TemporalFusionModule:
@@ -446,22 +460,22 @@ class TemporalFusionModule(pl.LightningModule):
         x_plain = self.decode(f["z_in"])  # baseline: no fusion (the same perturbed latent)
         prev_out = self._decoded_prev(f)
         carried, defined = carry_forward(prev_out, f["flow"], f["valid"], self.temporal_warp)
-        metrics = {
-            "loss": loss.detach(),
-            "psnr": psnr(x_fused, x_cur).mean(),
-            "psnr_plain": psnr(x_plain, x_cur).mean(),
-            # flicker against the previous decoded frame, motion-compensated: lower = steadier
-            "temporal_error": masked_l1(x_fused, carried, defined),
-            "temporal_error_plain": masked_l1(x_plain, carried, defined),
-            "alpha": f["aux"]["alpha"].detach().float(),
-        }
+        m = self.eval_metrics[stage]
+        m["psnr"].update(x_fused, x_cur)
+        m["psnr_plain"].update(x_plain, x_cur)
+        # flicker against the previous decoded frame, motion-compensated: lower = steadier
+        m["temporal_error"].update(x_fused, carried, defined)
+        m["temporal_error_plain"].update(x_plain, carried, defined)
+        metrics = {"loss": loss.detach(), "alpha": f["aux"]["alpha"].detach().float()}
         metrics.update({k: v.detach() for k, v in terms.items()})
+        b = x_cur.shape[0]
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
             prog_bar=False,
             sync_dist=True,
-            batch_size=x_cur.shape[0],
+            batch_size=b,
         )
+        self.log_dict({f"{stage}/{k}": metric for k, metric in m.items()}, batch_size=b)
         return metrics
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int):

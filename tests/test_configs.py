@@ -27,6 +27,11 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path, synthetic_ki
         train = ",".join(SYNTHETIC_DRIVES["train"])
         overrides += ["data.synthetic.size=small", f"data.train_drives=[{train}]"]
         cfg = compose("train.yaml", overrides, tmp_path)
+    if "video_folder" in cfg.data._target_:  # a folder of the user's videos: made here
+        from tests.videos import video_folder
+
+        video_folder(tmp_path / "videos", n=4)
+        cfg = compose("train.yaml", [*overrides, f"data.root={tmp_path / 'videos'}"], tmp_path)
     validate_config(cfg)
     objs = build(cfg)
     assert objs["trainer"].max_epochs == cfg.trainer.max_epochs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,50 @@ log = logging.getLogger(__name__)
 
 
 class MediaLogger(pl.Callback):
-    """Logs sample media from the first validation batch every `every_n_epochs`, rank 0 only.
+    """Logs sample media from the first validation batch every `every_n_epochs`, rank 0 only
+    (and from the first test batch when `stages` holds "test": eval.py's reconstructions).
 
     The LightningModule provides `media_from_batch(batch) -> dict[str, Tensor]` (videos
     [B, C, T, H, W] or images [B, C, H, W] in [-1, 1]); this callback writes and logs the first
-    `max_items` of each.
+    `max_items` of each (test media named test/... instead of val/...).
     """
 
     def __init__(
-        self, every_n_epochs: int = 1, max_items: int = 2, fps: int = 5, save_dir: str = "media"
+        self,
+        every_n_epochs: int = 1,
+        max_items: int = 2,
+        fps: int = 5,
+        save_dir: str = "media",
+        stages: Sequence[str] = ("val",),
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"MediaLogger.every_n_epochs must be >= 1, got {every_n_epochs}")
+        unknown = set(stages) - {"val", "test"}
+        if unknown:
+            raise ValueError(f"MediaLogger.stages: unknown {sorted(unknown)} (known: val, test)")
         self.every_n_epochs = every_n_epochs
         self.max_items = max_items
         self.fps = fps
         self.save_dir = Path(save_dir)
+        self.stages = tuple(stages)
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or "test" not in self.stages or not trainer.is_global_zero:
+            return
+        if not hasattr(pl_module, "media_from_batch"):
+            return
+        with torch.no_grad():
+            media = pl_module.media_from_batch(batch)
+        renamed = {k.replace("val/", "test/", 1): v for k, v in media.items()}
+        self._write(trainer, renamed)
 
     def on_validation_batch_end(
         self,
@@ -43,7 +72,7 @@ class MediaLogger(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx != 0 or trainer.sanity_checking:
+        if batch_idx != 0 or trainer.sanity_checking or "val" not in self.stages:
             return
         if trainer.current_epoch % self.every_n_epochs != 0 or not trainer.is_global_zero:
             return

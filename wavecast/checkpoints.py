@@ -81,6 +81,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold the same state_dict (tensors compared exactly, other entries
+    such as extra states with ==)."""
+
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            return (
+                isinstance(x, torch.Tensor)
+                and isinstance(y, torch.Tensor)
+                and x.shape == y.shape
+                and x.dtype == y.dtype
+                and torch.equal(x, y)
+            )
+        if isinstance(x, dict) and isinstance(y, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, list | tuple) and isinstance(y, list | tuple):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y, strict=True))
+        try:
+            return bool(x == y)
+        except Exception:  # noqa: BLE001 - incomparable: treat as different
+            return False
+
+    load = dict(map_location="cpu", weights_only=False, mmap=True)
+    sa = torch.load(a, **load).get("state_dict", {})
+    sb = torch.load(b, **load).get("state_dict", {})
+    return same(sa, sb)
+
+
 class LastCheckpoint(pl.Callback):
     """Keeps `<dirpath>/last.ckpt` fresh: every N optimizer steps, after every training epoch and
     at the end of training (the resume point of `ckpt_path=last`).
@@ -110,6 +138,40 @@ class LastCheckpoint(pl.Callback):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at = (trainer.global_step, where)
+
+    def _share_with_best(self, trainer: pl.Trainer) -> None:
+        """When ModelCheckpoint saved its best checkpoint at the step of the last validation-end
+        save of last.ckpt and the weights are the same, keep one file under both names: the
+        best becomes a hard link to last.ckpt (whose loop state is the resume point). Later
+        saves replace last.ckpt atomically (a new file) and removing an old best only drops its
+        name, so neither name ever changes what the other holds."""
+        if not trainer.is_global_zero or self._saved_at is None:
+            return
+        step, where = self._saved_at
+        if where != "validation" or not self.path.is_file():
+            return
+        for cb in trainer.checkpoint_callbacks:
+            best = Path(getattr(cb, "best_model_path", "") or "")
+            if getattr(cb, "save_top_k", None) != 1 or not best.is_file():
+                continue
+            if getattr(cb, "_last_global_step_saved", None) != step:
+                continue  # its best is from another step
+            if os.path.samefile(best, self.path) or not _same_weights(best, self.path):
+                return
+            tmp = best.with_name(f".{best.name}.link.tmp")
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.link(self.path, tmp)
+                os.replace(tmp, best)
+            except OSError as err:  # another file system, no hard links: keep the copy
+                log.info("%s kept as a copy of last.ckpt (%s)", best.name, err)
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            return
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._share_with_best(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
@@ -141,6 +203,7 @@ class LastCheckpoint(pl.Callback):
         # Right after a validation save of this step the state is the same: no second write.
         if self._saved_at != (trainer.global_step, "validation"):
             self._save(trainer, "end")
+        self._share_with_best(trainer)
 
 
 # ----------------------------------------------------------------------------------------- read

@@ -372,3 +372,49 @@ def print_config_tree(
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved.pop("hydra", None)
         Path(save_to).write_text(OmegaConf.to_yaml(resolved))
+
+
+def override_hint(config_name: str, overrides: list[str], config_dir: str | Path) -> str | None:
+    """A "did you mean" for a command-line override of a key the config does not have.
+
+    Hydra refuses ``data.batch_szie=4`` with "Key 'batch_szie' is not in struct" and suggests
+    ``+data.batch_szie`` (adding the typo). This composes the config again without that override
+    and names the closest existing key. None when composing works or the failure is another one.
+    """
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def _compose(ovr: list[str]) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name, overrides=ovr)
+
+    try:
+        _compose(overrides)
+        return None
+    except Exception as e:  # noqa: BLE001 - any composition failure: look for a bad key
+        text = f"{e} {e.__cause__ or ''}"
+    match = re.search(r"Could not override '([^']+)'", text)
+    if not match or "not in struct" not in text:
+        return None
+    key = match.group(1)
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        cfg = _compose(rest)
+    except Exception:  # noqa: BLE001 - another override is broken too: no hint
+        return None
+    # The first component of the key that does not exist, and the node it was looked up in.
+    node, parts, i = cfg, key.split("."), 0
+    while i < len(parts) - 1 and isinstance(node, DictConfig) and parts[i] in node:
+        node, i = node[parts[i]], i + 1
+    where = ".".join(parts[:i])
+    if not isinstance(node, DictConfig):
+        return f"{key}: '{where}' is a value, not a config node"
+    keys = [str(k) for k in node]
+    close = difflib.get_close_matches(parts[i], keys, n=1)
+    prefix = f"{where}." if where else ""
+    if close:
+        return f"{key}: no such key; did you mean '{prefix}{close[0]}'?"
+    return f"{key}: no such key; {where or 'the top level'} has {sorted(keys)}"

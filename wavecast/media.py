@@ -72,6 +72,78 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 5) -> Path:
     return path
 
 
+#: Encoders tried per container, first available wins.
+ENCODERS = {
+    ".mp4": ("libx264", "h264", "mpeg4"),
+    ".m4v": ("libx264", "h264", "mpeg4"),
+    ".mov": ("libx264", "h264", "mpeg4"),
+    ".mkv": ("libx264", "h264", "mpeg4"),
+    ".avi": ("mpeg4", "libx264"),
+    ".webm": ("libvpx-vp9", "libvpx"),
+}
+
+
+def encoder_for(path: str | Path) -> str:
+    """The encoder for a file's container (by suffix) that this PyAV build has."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in ENCODERS:
+        raise ValueError(
+            f"{path}: unknown video container {suffix!r}; use one of {sorted(ENCODERS)}"
+        )
+    for codec in ENCODERS[suffix]:
+        if codec in av.codecs_available:
+            return codec
+    raise ValueError(f"{path}: this PyAV build has none of the encoders {ENCODERS[suffix]}")
+
+
+class VideoWriter:
+    """Appends uint8 [H, W, 3] RGB frames one by one to a video file (PyAV; codec by suffix,
+    yuv420p, so H and W must be even). Use as a context manager; `close` flushes the encoder."""
+
+    def __init__(
+        self, path: str | Path, fps: float | Fraction, size: tuple[int, int], bit_rate: int = 0
+    ) -> None:
+        h, w = size
+        if h % 2 or w % 2:
+            raise ValueError(f"{path}: frame size {h}x{w} must be even (yuv420p)")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        codec = encoder_for(self.path)
+        rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(10_000)
+        self._container = av.open(str(self.path), mode="w")
+        self._stream = self._container.add_stream(codec, rate=rate)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = w, h, "yuv420p"
+        if bit_rate:
+            self._stream.bit_rate = int(bit_rate)
+        if codec == "libx264":
+            self._stream.options = {"crf": "18"}  # near-transparent: the output is for looking at
+        self.size, self.frames = (h, w), 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != (*self.size, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"{self.path}: frames must be uint8 {(*self.size, 3)}, got {frame.dtype} "
+                f"{frame.shape}"
+            )
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_png(image: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

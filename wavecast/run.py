@@ -6,11 +6,13 @@ steps: check, seed, build, fit / test, report.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wavecast.checkpoints import check_checkpoint_file
-from wavecast.config import ConfigError, print_config_tree, validate_config
+from wavecast.config import ConfigError, print_config_tree, validate_config, validate_run_keys
+from wavecast.data.errors import DataError
 from wavecast.hooks import ChecksData, CompilesNetworks, ReportsEval, RunsAnalyses
+from wavecast.metrics.weights import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +216,83 @@ def _start(cfg: DictConfig) -> None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    out = Path(cfg.paths.output_dir)
+
+
+def _announce(cfg: DictConfig) -> None:
+    """Print the config tree once, when everything is built (an error is not buried under
+    it), and save it beside the run."""
     if rank_zero_only.rank == 0:
-        print_config_tree(cfg, save_to=out / "config_tree.yaml")
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.yaml")
+
+
+#: Errors of the start-up checks (config, data, weights files), also when raised inside fit
+#: (data set-up, optimizer checks) before the first step.
+START_UP_ERRORS = (ConfigError, DataError, WeightsError)
+#: What a start writes into its run folder before training, relative to it.
+_START_FILES = ("config_tree.yaml", "csv/hparams.yaml")
+
+
+def _remove_failed_start(cfg: DictConfig) -> None:
+    """Remove the run folder of a start that failed before training, so that it neither piles up
+    in runs/ nor becomes the newest `ckpt_path=last`. Only a folder Hydra made for this run
+    (.hydra/ inside) holding nothing but what a start writes (the log, config_tree.yaml,
+    .hydra/) is removed; sweeps keep their trials' folders (FAILED.txt)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if rank_zero_only.rank != 0 or not HydraConfig.initialized():
+        return
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return
+    out = Path(cfg.paths.output_dir).resolve()
+    if not (out / ".hydra").is_dir():
+        return
+    for path in out.rglob("*"):
+        rel = path.relative_to(out)
+        expected = (
+            rel.parts[0] == ".hydra"
+            or (len(rel.parts) == 1 and rel.suffix == ".log")
+            or rel.as_posix() in _START_FILES
+        )
+        if path.is_file() and not expected:
+            return  # something else was written: keep the folder
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(
+            handler.baseFilename
+        ).resolve().is_relative_to(out):
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(out, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        out.parent.rmdir()  # runs/<run_name>/ when this was its only run
+    log.error("start-up failed before training: removed the run folder %s", out)
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step a Lightning checkpoint was saved at (-1 when it does not say)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # an old, non-zip file: no mmap
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    return int(obj.get("global_step", -1)) if isinstance(obj, dict) else -1
+
+
+def check_not_finished(cfg: DictConfig, ckpt: str | None) -> None:
+    """Resuming a run that already reached trainer.max_steps would do nothing but copy its
+    checkpoint into a new run folder (the newest `last` from then on): say so instead."""
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if ckpt is None or max_steps is None or int(max_steps) < 0:
+        return
+    step = checkpoint_step(ckpt)
+    if step >= int(max_steps):
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path}: {ckpt} is at step {step} and trainer.max_steps="
+            f"{max_steps}: that run has finished, there is nothing to resume. To train it "
+            f"further, raise trainer.max_steps (e.g. ckpt_path={cfg.ckpt_path} "
+            f"trainer.max_steps={2 * int(max_steps)}); to evaluate it: eval.py "
+            f"ckpt_path={ckpt}"
+        )
 
 
 def _finish_loggers(loggers: list[Any]) -> None:
@@ -269,16 +347,27 @@ def _write_final(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) 
 
 def train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) as the config says; returns cfg.optimized_metric (NaN -> inf)."""
-    _start(cfg)
-    ckpt = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
-    _resume_wandb_run(cfg, ckpt)
-    objs = build(cfg)
+    try:
+        _start(cfg)
+        ckpt = resolve_ckpt_path(cfg) if cfg.get("train", True) else None
+        check_not_finished(cfg, ckpt)
+        _resume_wandb_run(cfg, ckpt)
+        objs = build(cfg)
+    except Exception:
+        _remove_failed_start(cfg)
+        raise
+    _announce(cfg)
     trainer: pl.Trainer = objs["trainer"]
     _record_wandb_id(objs["loggers"], Path(cfg.paths.output_dir))
     metrics: dict[str, float] = {}
     try:
         if cfg.get("train", True):
-            trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt)
+            try:
+                trainer.fit(objs["model"], datamodule=objs["datamodule"], ckpt_path=ckpt)
+            except START_UP_ERRORS:
+                if trainer.global_step == 0:  # data set-up / optimizer checks inside fit
+                    _remove_failed_start(cfg)
+                raise
             metrics.update(_metrics(trainer))
         if cfg.get("test"):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
@@ -318,45 +407,95 @@ def objective_value(metrics: dict[str, float], name: str | None, mode: str = "mi
     return value if math.isfinite(value) else worst
 
 
-def _data_overridden() -> bool:
+def _task_overrides() -> list[str]:
+    """The command line's overrides (``key=value``, ``+key=...``, ``~key``), [] outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return False
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task]
-    return any(k == "data" or k.startswith("data.") for k in keys)
+        return []
+    return list(HydraConfig.get().overrides.task)
 
 
-def _use_run_data(cfg: DictConfig, ckpt: str) -> None:
-    """Evaluate on the data the checkpoint's run was trained with (its config_tree.yaml), unless
-    the command line names data itself; say which."""
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+RUN_CONFIG_GROUPS = ("model", "data")
+
+
+def _use_run_config(cfg: DictConfig, ckpt: str) -> dict[str, str]:
+    """Evaluate with the model and data config of the checkpoint's run (its config_tree.yaml).
+
+    Per group: the command line's own `model.*` / `data.*` keys are applied on top of the run's
+    config; a group chosen on the command line (`data=video_folder`) replaces it. Returns
+    {group: where it came from}, which is logged and written to the metrics JSON.
+    """
     tree = Path(ckpt).resolve().parent.parent / "config_tree.yaml"
-    if _data_overridden() or not tree.is_file():
-        log.info("evaluating on data %s (from this command's config)", cfg.data.get("root"))
-        return
-    run_data = OmegaConf.load(tree).get("data")
-    if run_data is None:
-        return
-    with open_dict(cfg):
-        cfg.data = run_data
-    log.info(
-        "evaluating on the data of the checkpoint's run (%s: root %s); override with data=... "
-        "or data.*=...",
-        tree,
-        run_data.get("root"),
-    )
+    sources: dict[str, str] = {}
+    if not tree.is_file():
+        for group in RUN_CONFIG_GROUPS:
+            sources[group] = "this command's config (no config_tree.yaml beside the checkpoint)"
+            log.info("eval %s: %s", group, sources[group])
+        return sources
+    run_cfg = OmegaConf.load(tree)
+    overrides = _task_overrides()
+    for group in RUN_CONFIG_GROUPS:
+        run_node = run_cfg.get(group)
+        keys = [_override_key(o) for o in overrides]
+        if run_node is None or group in keys:
+            sources[group] = (
+                f"this command's config ({group}=...)"
+                if group in keys
+                else (f"this command's config (the run has no {group})")
+            )
+        else:
+            merged = OmegaConf.create(OmegaConf.to_container(run_node))
+            mine = [o for o in overrides if _override_key(o).startswith(group + ".")]
+            for o in mine:
+                sub = _override_key(o)[len(group) + 1 :]
+                if o.startswith("~"):
+                    parent, _, leaf = sub.rpartition(".")
+                    node = OmegaConf.select(merged, parent) if parent else merged
+                    if isinstance(node, DictConfig) and leaf in node:
+                        with open_dict(node):
+                            del node[leaf]
+                else:
+                    value = OmegaConf.select(cfg, _override_key(o))
+                    OmegaConf.update(merged, sub, value, force_add=True)
+            with open_dict(cfg):
+                cfg[group] = merged
+            extra = f", with {', '.join(_override_key(o) for o in mine)} from this command's config"
+            sources[group] = f"the checkpoint's run ({tree}){extra if mine else ''}"
+        node = cfg.get(group)
+        what = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        root = (
+            f", root {node.get('root')}" if group == "data" and isinstance(node, DictConfig) else ""
+        )
+        log.info("eval %s: %s%s from %s", group, what, root, sources[group])
+    return sources
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test (or validate) a checkpoint; writes the metrics to JSON in the run directory."""
-    _start(cfg)
-    ckpt = resolve_ckpt_path(cfg)
-    if ckpt is None:
-        raise ConfigError("ckpt_path: nothing to evaluate (no checkpoint found)")
-    with open_dict(cfg):
-        cfg.train = False
-    _use_run_data(cfg, ckpt)
-    objs = build(cfg)
+    """Test (or validate) a checkpoint with the model and data config of its run (unless the
+    command line overrides them); writes the metrics to JSON in the run directory."""
+    try:
+        setup_logging()
+        validate_run_keys(cfg)  # a missing ckpt_path is named before anything else
+        ckpt = resolve_ckpt_path(cfg)
+        if ckpt is None:
+            raise ConfigError("ckpt_path: nothing to evaluate (no checkpoint found)")
+        with open_dict(cfg):
+            cfg.train = False
+        sources = _use_run_config(cfg, ckpt)
+        _start(cfg)  # checks the config actually used
+        from wavecast.metrics.weights import evaluation_only
+
+        with evaluation_only():
+            objs = build(cfg)
+    except Exception:
+        _remove_failed_start(cfg)
+        raise
+    _announce(cfg)
     trainer: pl.Trainer = objs["trainer"]
     model = objs["model"]
     if isinstance(model, RunsAnalyses):
@@ -371,6 +510,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         _finish_loggers(objs["loggers"])
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir) / cfg.get("metrics_file", "metrics.json")
-        out.write_text(json.dumps({"checkpoint": ckpt, "metrics": metrics}, indent=2))
+        record = {"checkpoint": ckpt, "config_from": sources, "metrics": metrics}
+        out.write_text(json.dumps(record, indent=2))
         log.info("metrics written to %s", out)
     return metrics

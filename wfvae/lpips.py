@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from wavecast.metrics.lpips import LPIPS
-from wavecast.metrics.weights import LPIPSWeights, resolve_lpips_weights
+from wavecast.metrics.weights import LPIPSWeights, evaluating, resolve_lpips_weights
 
 
 class PerceptualLoss(nn.Module):
@@ -51,5 +51,10 @@ def build_perceptual_loss(spec: Any, net: str = "vgg") -> PerceptualLoss | None:
     None means "not configured": returns None after the once-only notice of
     :func:`wavecast.metrics.weights.resolve_lpips_weights`. A configured but wrong spec raises.
     """
-    weights = resolve_lpips_weights(spec, net, consequence="the perceptual loss term is off")
+    consequence = (
+        "the evaluation loss (test/loss, val/loss) leaves out the perceptual term"
+        if evaluating()
+        else "the perceptual loss term is off"
+    )
+    weights = resolve_lpips_weights(spec, net, consequence=consequence)
     return None if weights is None else PerceptualLoss(weights)

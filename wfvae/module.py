@@ -28,7 +28,8 @@ Training recipe (reference `train_ddp.py`):
   optimizer raise `NonFiniteLossError` (checkpoints already written are from finite steps).
 * EMA of the generator: the `wfvae.ema.GeneratorEMA` callback (see there).
 
-Evaluation: PSNR, SSIM, temporal flicker, L1 and the VAE loss per batch; LPIPS (AlexNet) when
+Evaluation: PSNR, SSIM, temporal flicker, L1 (dataset-level, `wavecast.metrics.dataset`) and the
+VAE loss per batch; LPIPS (AlexNet) when
 `metric_lpips_weights` (or `$WAVECAST_WEIGHTS_DIR`) provides local weights; in `test`, FVD with
 dataset-level statistics when `fvd_i3d` (or `$WAVECAST_WEIGHTS_DIR`) provides the I3D file,
 logged as `test/fvd` and returned by `eval_report()`.
@@ -69,9 +70,8 @@ from wavecast.config import ConfigError
 from wavecast.guards import NonFiniteGuard, all_finite
 from wavecast.lr_schedule import build_lr_scheduler, run_length
 from wavecast.metrics.baselines import VIDEO_BASELINES
-from wavecast.metrics.flicker import temporal_flicker
+from wavecast.metrics.dataset import FramePSNR, FrameSSIM, MeanOf, TemporalFlicker
 from wavecast.metrics.fvd import FVD, I3D_MIN_FRAMES
-from wavecast.metrics.image import psnr, ssim
 from wavecast.metrics.weights import (
     WeightsError,
     notice_once,
@@ -168,6 +168,9 @@ class WFVAEModule(pl.LightningModule):
         self.fvd_i3d = fvd_i3d
         self.fvd_batch_size = int(fvd_batch_size)
         self.eval_baselines = bool(eval_baselines)
+        # Dataset-level val / test metrics (torchmetrics state: summed over batches and DDP ranks,
+        # computed and reset by Lightning at each epoch end).
+        self.eval_metrics = nn.ModuleDict({stage: self._metric_set() for stage in ("val", "test")})
         self._fvd: FVD | None = None
         self._report: dict[str, float] = {}
         if init_ckpt is not None:
@@ -424,32 +427,47 @@ class WFVAEModule(pl.LightningModule):
         post = self.net.encode(x, chunk_size=self.val_chunk_size).posterior
         return self.net.decode(post.mode(), chunk_size=self.val_chunk_size, num_frames=x.shape[2])
 
+    def _metric_set(self) -> nn.ModuleDict:
+        """The dataset-level metrics of one stage (`wavecast.metrics.dataset`)."""
+        metrics: dict[str, nn.Module] = {
+            "psnr": FramePSNR(),
+            "ssim": FrameSSIM(),
+            "flicker": TemporalFlicker(),
+            "rec_l1": MeanOf(),
+        }
+        if self.lpips_metric is not None:
+            metrics["lpips"] = MeanOf()
+        if self.eval_baselines:
+            metrics.update({f"baseline_psnr/{name}": FramePSNR() for name in VIDEO_BASELINES})
+        return nn.ModuleDict(metrics)
+
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         x = self._video(batch)
         out = self._reconstruct(x)
         recon = out.recon if hasattr(out, "recon") else out.video
-        metrics = {
-            "psnr": psnr(recon, x).mean(),
-            "ssim": ssim(recon, x).mean(),
-            "flicker": temporal_flicker(recon, x).mean(),
-            "rec_l1": (recon.float() - x.float()).abs().mean(),
-        }
-        if self.lpips_metric is not None:
-            metrics["lpips"] = self.lpips_metric(recon.clamp(-1, 1), x).float().mean()
+        m = self.eval_metrics[stage]
+        m["psnr"].update(recon, x)
+        m["ssim"].update(recon, x)
+        m["flicker"].update(recon, x)
+        m["rec_l1"].update((recon.float() - x.float()).abs())
+        if "lpips" in m:
+            m["lpips"].update(self.lpips_metric(recon.clamp(-1, 1), x).float())
         if self.eval_baselines:
             # Trivial answers on the same clips, scored by the same metric code.
             for name, baseline in VIDEO_BASELINES.items():
-                metrics[f"baseline_psnr/{name}"] = psnr(baseline(x), x).mean()
+                m[f"baseline_psnr/{name}"].update(baseline(x), x)
+        metrics: dict[str, Tensor] = {}
         if hasattr(out, "posterior"):
             loss, logs = self.loss.generator_loss(x, out, _NO_GAN_STEP, None)
             metrics["loss"] = loss.detach()
             metrics.update({k: _scalar(v) for k, v in logs.items() if k in ("kl", "wavelet")})
         if stage == "test" and self._fvd is not None:
             self._fvd_update(x, recon)
+        logged = {f"{stage}/{k}": v for k, v in metrics.items()}
+        self.log_dict(logged, prog_bar=stage == "val", sync_dist=True, batch_size=x.shape[0])
         self.log_dict(
-            {f"{stage}/{k}": v for k, v in metrics.items()},
+            {f"{stage}/{k}": metric for k, metric in m.items()},
             prog_bar=stage == "val",
-            sync_dist=True,
             batch_size=x.shape[0],
         )
         return metrics

@@ -154,6 +154,13 @@ class _KittiDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._check_root()
+        if stage in (None, "fit") and not self.drives["train"]:
+            raise DataError(
+                "data.train_drives is empty or null: nothing to train on; list the drives (or "
+                "videos) by name, or for a folder of your own videos use data=video_folder "
+                "(every video that is not held out)",
+                self.root,
+            )
         splits = SPLITS if stage is None else _STAGE_SPLITS.get(stage, SPLITS)
         for split in splits:
             if self.datasets[split] is not None or not self.drives[split]:

@@ -92,6 +92,36 @@ def resize_crop(
     return frames[:, top : top + h, left : left + w]
 
 
+def frame_geometry(
+    size: tuple[int, int],
+    short_side: int | None = None,
+    max_size: int | None = None,
+    path: str | Path | None = None,
+    multiple: int = 8,
+) -> tuple[int, int]:
+    """Output (H, W) of a video of `size` (H, W): scaled with its aspect ratio kept so the short
+    side is `short_side` (None: unscaled), shrunk further so the long side is at most `max_size`,
+    then cut down to multiples of `multiple` (what `resize_crop` then centre-crops to).
+
+    E.g. 720 x 1280 with short_side=128 -> 128 x 224 (227.6 cut to 224); 1280 x 720 -> 224 x 128.
+    """
+    h, w = int(size[0]), int(size[1])
+    for name, v in (("short_side", short_side), ("max_size", max_size)):
+        if v is not None and int(v) < multiple:
+            raise ValueError(f"data.{name}={v} must be >= {multiple} or null")
+    scale = 1.0 if short_side is None else int(short_side) / min(h, w)
+    if max_size is not None:
+        scale = min(scale, int(max_size) / (max(h, w) * 1.0))
+    out = (round(h * scale) // multiple * multiple, round(w * scale) // multiple * multiple)
+    if min(out) < multiple:
+        raise DataError(
+            f"a {h}x{w} video scaled by {scale:.3g} (short_side={short_side}, "
+            f"max_size={max_size}) is smaller than {multiple} pixels on one side",
+            path,
+        )
+    return out
+
+
 def to_video_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 [T, H, W, C] (C = 1 or 3) -> float32 [3, T, H, W] in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float()
@@ -246,6 +276,10 @@ class VideoFolderClips(_ClipDataset):
         files: names relative to `root` of video files or sub-folders to use (a folder means
             every video in it); None = every video under `root`. Other arguments as in
             `KittiCameraClips`. The item's "drive" is the file's path relative to `root`.
+        image_size: (H, W) of every clip (scaled to cover, then cropped); None = each video's
+            own size from `frame_geometry(size, short_side, max_size)` (aspect ratio kept,
+            centre-cropped to multiples of 8), so clips of different videos may differ in size
+            (`clip_size(i)`).
     """
 
     def __init__(
@@ -254,11 +288,13 @@ class VideoFolderClips(_ClipDataset):
         clip_length: int,
         stride: int = 1,
         frame_step: int = 1,
-        image_size: Sequence[int] = (64, 192),
+        image_size: Sequence[int] | None = (64, 192),
         files: Sequence[str] | None = None,
         crop: str = "center",
         on_error: str = "raise",
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        short_side: int | None = None,
+        max_size: int | None = None,
     ) -> None:
         _check_choice("crop", crop, CROPS)
         _check_choice("on_error", on_error, ON_ERROR)
@@ -273,17 +309,20 @@ class VideoFolderClips(_ClipDataset):
             int(stride),
             int(frame_step),
         )
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        self.short_side, self.max_size = short_side, max_size
         self.crop, self.on_error = crop, on_error
         extensions = tuple(e.lower() for e in extensions)
         paths = self._resolve(files, extensions)
         self.videos: list[tuple[Path, np.ndarray | None]] = []
+        self.sizes: list[tuple[int, int]] = []  # output (H, W) per video
         self.clips = []
         span = (self.clip_length - 1) * self.frame_step + 1
         for path in paths:
             try:
                 with VideoReader(path) as reader:
-                    n, pts = reader.n_frames, reader.frame_pts
+                    n, pts, size = reader.n_frames, reader.frame_pts, reader.size
+                out_size = self.image_size or frame_geometry(size, short_side, max_size, path)
                 if n < span:
                     raise DataError(
                         f"video has {n} frames, shorter than one clip of {span} frames "
@@ -297,11 +336,16 @@ class VideoFolderClips(_ClipDataset):
                 continue
             k = len(self.videos)
             self.videos.append((path, pts))
+            self.sizes.append(out_size)
             self.clips += [(k, s) for s in clip_starts(n, clip_length, stride, frame_step)]
         if not self.clips:
             raise DataError(
                 f"no usable clips among {len(paths)} videos (skipped: {self.skipped})", self.root
             )
+
+    def clip_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of clip i."""
+        return self.sizes[self.clips[i][0]]
 
     def _resolve(self, files: Sequence[str] | None, extensions: tuple[str, ...]) -> list[Path]:
         available = list_videos(self.root, extensions)
@@ -333,7 +377,7 @@ class VideoFolderClips(_ClipDataset):
         path, pts = self.videos[k]
         with VideoReader(path, frame_pts=pts) as reader:
             frames = reader.read_clip(start, self.clip_length, self.frame_step)
-        video = resize_crop(frames, self.image_size, self.crop)
+        video = resize_crop(frames, self.sizes[k], self.crop)
         return {
             "video": to_video_tensor(video),
             "drive": str(path.relative_to(self.root)),

@@ -9,6 +9,7 @@ Files whose packets carry no pts fall back to decoding from the start.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -121,6 +122,14 @@ class VideoReader:
         except av.FFmpegError as err:
             raise DataError(f"decoding failed ({err})", self.path) from err
         return np.stack(frames)
+
+    def iter_frames(self) -> Iterator[np.ndarray]:
+        """Every frame in order, decoded lazily from the start: uint8 [H, W, 3] RGB each."""
+        try:
+            for frame in self._decode_from_start():
+                yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as err:
+            raise DataError(f"decoding failed ({err})", self.path) from err
 
     def _decode_from_start(self):
         container = self._open()

@@ -4,6 +4,14 @@ Pretrained networks (LPIPS backbones, I3D) come from local files only; see
 :mod:`wavecast.metrics.weights`.
 """
 
+from wavecast.metrics.dataset import (
+    FramePSNR,
+    FrameSSIM,
+    MaskedL1,
+    MeanOf,
+    RangeL1,
+    TemporalFlicker,
+)
 from wavecast.metrics.flicker import brightness_flicker, temporal_flicker
 from wavecast.metrics.fvd import FVD, FeatureStats, frechet_distance, preprocess_i3d
 from wavecast.metrics.image import psnr, ssim
@@ -24,6 +32,12 @@ from wavecast.metrics.weights import (
 
 __all__ = [
     "FVD",
+    "FramePSNR",
+    "FrameSSIM",
+    "MaskedL1",
+    "MeanOf",
+    "RangeL1",
+    "TemporalFlicker",
     "LPIPS",
     "FeatureStats",
     "LPIPSWeights",

@@ -18,9 +18,10 @@ An LPIPS spec is a folder holding both files, or a mapping ``{backbone: path, li
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,25 @@ class LPIPSWeights:
     net: str
     backbone: Path
     lin: Path
+
+
+_evaluating = False
+
+
+@contextlib.contextmanager
+def evaluation_only() -> Iterator[None]:
+    """Models built inside evaluate, never train: notices about training-only terms say so."""
+    global _evaluating
+    before, _evaluating = _evaluating, True
+    try:
+        yield
+    finally:
+        _evaluating = before
+
+
+def evaluating() -> bool:
+    """True inside `evaluation_only` (eval.py)."""
+    return _evaluating
 
 
 def notice_once(key: str, message: str) -> None:
