@@ -431,8 +431,9 @@ def stdiff_markdown(r: dict) -> list[str]:
     lines = [
         "## STDiff forecasts (test drive 2011_09_26_drive_0005, 32 x 128 range images, 3 -> 3)",
         "",
-        f"`{run['command']}`: {run['minutes']:.1f} min (load {run['load_avg_1min_at_start']:.1f}"
-        f" at start). Per predicted step; lower is better. range L1: metres on the true returns;"
+        f"`{run['command']}`: {run['minutes']:.1f} min wall (1-min load average "
+        f"{run['load_avg_1min_at_start']:.1f} at start, {run['load_avg_1min_at_end']:.1f} at end)."
+        " Per predicted step; lower is better. range L1: metres on the true returns;"
         " Chamfer: metres, mean of both directions between the re-projected clouds; the last"
         " column scores only cells where the forecast has a return too (it spares the holes"
         " that re-projection leaves).",
