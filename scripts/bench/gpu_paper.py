@@ -844,6 +844,7 @@ def estimate(sim: dict, case: Case, variant: str, gpu: str, spec: dict, precisio
             "bound": max(parts, key=parts.get),
             "shares": {k: v / b["step_s"] for k, v in parts.items()},
             "memory_gb": (fixed_mem + batch * per_sample_mem) / 1e9,
+            "fits": batch <= mb,
         }
 
     # The small-channel check: conv layers (fwd + bwd, by shape) below the ridge point.
