@@ -28,9 +28,20 @@ checkpointing, fp32 with it); stdiff_unet: one kitti_range UNet evaluation per f
 first of a frame and one with the SPADE modulation cached); stdiff_quality: bf16 against fp32;
 stdiff_truncation: frame-truncation speed (reduced; its quality cost on briefly-trained tiny
 models is an experiment: scripts/truncation_study.py).
+
 On a shared machine, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning (without
 it, 2-thread runs slowed down many times when other processes took a core); the load average
 is recorded with every case.
+
+GPU on paper (only when named; nothing is timed, about a minute on one thread):
+
+    OMP_NUM_THREADS=1 python scripts/benchmark.py --only gpu_paper
+
+gpu_paper: expected training-step time and memory of the target configs (STDiff reduced and
+kitti_range, the WF-VAE flagship and WF-VAE-L, WF-VAE-L 17x256^2 encode / decode) on one H100 /
+H200 SXM and the largest batch that fits, from a meta-device simulation of each step (FLOPs,
+bytes moved, kernels, host syncs, peak live memory) and the datasheet figures in
+scripts/bench/references.json; the assumptions are in scripts/bench/gpu_paper.py.
 
 Layout: this file parses the arguments and runs the sections in order; scripts/bench/ holds the
 harness (fresh process per case, peak RSS, FLOPs, conv peak, references) and one file per
@@ -50,6 +61,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.bench import (  # noqa: E402
+    gpu_paper,
     lightning,
     stdiff,
     stdiff_quality,
@@ -88,6 +100,8 @@ STDIFF_SECTIONS: dict[str, Section] = {
     "stdiff_quality": stdiff_quality.run,
     "stdiff_truncation": stdiff_truncation.run,
 }
+#: Sections run only when named in --only, after the others: estimates, nothing timed.
+PAPER_SECTIONS: dict[str, Section] = {"gpu_paper": gpu_paper.run}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help=f"subset of: {' '.join(SECTIONS)}; STDiff (only when named): "
-        f"{' '.join(STDIFF_SECTIONS)}",
+        f"{' '.join(STDIFF_SECTIONS)}; on paper (only when named): {' '.join(PAPER_SECTIONS)}",
     )
     p.add_argument(
         "--stdiff-threads",
@@ -161,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         result.update(stdiff.conv_peaks(ctx))
     for name in stdiff_wanted:
         result.update(STDIFF_SECTIONS[name](ctx))
+    for name, section in PAPER_SECTIONS.items():
+        if name in (only or []):
+            result.update(section(ctx))
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 
