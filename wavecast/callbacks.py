@@ -56,7 +56,7 @@ class MediaLogger(pl.Callback):
     ) -> None:
         if batch_idx != 0 or "test" not in self.stages or not trainer.is_global_zero:
             return
-        if not hasattr(pl_module, "media_from_batch"):
+        if not isinstance(pl_module, LogsMedia):
             return
         with torch.no_grad():
             media = pl_module.media_from_batch(batch)
