@@ -150,14 +150,21 @@ def test_script_writes_the_chunked_reconstruction_side_by_side(vae, vae_ckpt, tm
     recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
     # The left half is the scaled input (a lossy codec: a few grey levels off on average).
     assert np.abs(frames[:, :, :56].astype(float) - scaled).mean() < 6
-    # The full-clip reconstruction, side by side, through the same encoder: the same file but
-    # for rare rounding differences (a random VAE's noisy output is far from lossless).
+    # The right half is the full-clip reconstruction, through the same codec. Chunked and full
+    # passes differ by float rounding, which a lossy codec may turn into a grey level or two
+    # (thread count and codec build change it), so the bar is relative: the written right half
+    # must be far closer to the reconstruction than the reconstruction is to the input (a
+    # briefly trained VAE is far from lossless).
     expected = tmp_path / f"expected{suffix}"
     with VideoWriter(expected, 12, (32, 112)) as writer:
         for a, b in zip(scaled, recon, strict=True):
             writer.write(np.concatenate([a, b], axis=1))
     want, _ = _read(expected)
-    assert np.abs(frames.astype(float) - want).mean() < 0.5
+    right = np.abs(frames[:, :, 56:].astype(float) - want[:, :, 56:]).mean()
+    recon_vs_input = np.abs(want[:, :, 56:].astype(float) - scaled).mean()
+    # Measured: 0 to 1.9 grey levels against ~62; the tensors themselves are compared exactly
+    # in test_streamed_reconstruction_equals_the_full_clip_pass.
+    assert right < 0.1 * recon_vs_input
 
 
 def test_script_fused_decode_from_a_temporal_checkpoint(vae_ckpt, tmp_path) -> None:
