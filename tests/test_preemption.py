@@ -22,6 +22,9 @@ def _train(tmp_path, synthetic_kitti, *extra: str) -> subprocess.CompletedProces
          "experiment=wfvae_kitti_tiny", f"data.root={synthetic_kitti}",
          "callbacks.last_checkpoint.every_n_train_steps=null", *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        # A job started in the background of a non-interactive shell inherits SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt handler: give the child the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
