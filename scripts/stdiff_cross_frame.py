@@ -74,6 +74,10 @@ def evaluate(module: Any, dm: Any, args: argparse.Namespace) -> dict[str, Any]:
         vo, vp = vo[: args.max_sequences - seen], vp[: args.max_sequences - seen]
         batch = {k: v[: vo.shape[0]] if torch.is_tensor(v) else v for k, v in batch.items()}
         seen += vo.shape[0]
+        # Ground-truth range channels [Tp+1, 1, H, W], their flows and the floor: once per sequence.
+        truths = [torch.cat([vo[j, -1:], vp[j]])[:, r : r + 1].float() for j in range(vo.shape[0])]
+        flows = [gt_flows(truth) for truth in truths]
+        floor += [float(warping_error(t, *f)) for t, f in zip(truths, flows, strict=True)]
         for method in rows:
             g = torch.Generator().manual_seed(1000 + batch_idx)  # same noise for both methods
             out = pipe(
@@ -91,14 +95,10 @@ def evaluate(module: Any, dm: Any, args: argparse.Namespace) -> dict[str, Any]:
             rec = rows[method]
             rec.setdefault("range_l1_m", []).append(scores["range_l1_m"].mean(0))  # [B, Tp]
             rec.setdefault("psnr", []).append(scores["psnr"].mean(0))
-            for j in range(vo.shape[0]):
-                truth = torch.cat([vo[j, -1:], vp[j]])[:, r : r + 1].float()  # [Tp+1, 1, H, W]
-                flows, valid = gt_flows(truth)
-                if method == "plain":
-                    floor.append(float(warping_error(truth, flows, valid)))
+            for j, (truth, (flow, valid)) in enumerate(zip(truths, flows, strict=True)):
                 for i in range(pred.shape[0]):
                     seq = torch.cat([vo[j, -1:, r : r + 1].float(), pred[i, j, :, r : r + 1]])
-                    rec.setdefault("warp_error", []).append(float(warping_error(seq, flows, valid)))
+                    rec.setdefault("warp_error", []).append(float(warping_error(seq, flow, valid)))
                     flick = temporal_flicker(seq.unsqueeze(0), truth.unsqueeze(0), layout="btchw")
                     rec.setdefault("flicker", []).append(float(flick.mean()))
     table = {}
