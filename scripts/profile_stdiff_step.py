@@ -3,8 +3,8 @@
     OMP_NUM_THREADS=1 python scripts/profile_stdiff_step.py                  # reduced, adjoint on/off
     python scripts/profile_stdiff_step.py --threads 1 2 --out profile.json
 
-One training step of the reduced configuration (64 x 128, batch 1, 3 -> 3 frames, fp32, AdamW,
-gradient clipping; the step of scripts/bench/stdiff_train.py), SDE adjoint on (as published)
+One training step of the reduced configuration (64 x 128, batch 1, 3 -> 3 frames, AdamW,
+gradient clipping; the step of scripts/bench/stdiff_train.py; fp32 or ``--mode bf16_cl``), SDE adjoint on (as published)
 and off, after one warm-up step, each in a fresh process. Every op's self time is put in one
 group, so the shares add up to the profiled step:
 
@@ -233,17 +233,17 @@ def shares(table: dict[tuple[str, str], float], total: float) -> dict:
     }
 
 
-def profile_case(adjoint: bool, threads: int, config: str = "reduced") -> dict:
+def profile_case(adjoint: bool, threads: int, config: str = "reduced", mode: str = "fp32") -> dict:
     """Warm-up step, one unprofiled step (wall time), one profiled step; the shares."""
     import torch
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    from scripts.bench.stdiff import STDIFF_SIZES, stdiff_model
+    from scripts.bench.stdiff import STDIFF_SIZES, autocast, stdiff_model
 
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    model = stdiff_model(config, "fp32", adjoint)
+    model = stdiff_model(config, mode, adjoint)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
     h, w = STDIFF_SIZES[config]
     g = torch.Generator().manual_seed(0)
@@ -254,9 +254,10 @@ def profile_case(adjoint: bool, threads: int, config: str = "reduced") -> dict:
 
     def step():
         with record_function("step"):
-            loss, _ = model.training_loss(
-                vo, vp, idx_o, idx_p, sched, generator=torch.Generator().manual_seed(1)
-            )
+            with autocast(mode):
+                loss, _ = model.training_loss(
+                    vo, vp, idx_o, idx_p, sched, generator=torch.Generator().manual_seed(1)
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             with record_function(OPTIMIZER):
@@ -277,7 +278,7 @@ def profile_case(adjoint: bool, threads: int, config: str = "reduced") -> dict:
     total = sum(att["table"].values())
     out = {
         "config": config,
-        "precision": "fp32",
+        "precision": mode,
         "adjoint": adjoint,
         "threads": threads,
         "step_s": wall,
@@ -301,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--adjoint", choices=["on", "off", "both"], default="both")
     p.add_argument("--config", default="reduced", help="STDiff config (reduced | tiny)")
+    p.add_argument(
+        "--mode",
+        default="fp32",
+        help="fp32 | fp32_cl | bf16 | bf16_cl (as scripts/benchmark.py's --stdiff-modes)",
+    )
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     adjoints = {"on": [True], "off": [False], "both": [True, False]}[args.adjoint]
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.threads:
         for adjoint in adjoints:
             with ctx.Pool(1) as pool:
-                row = pool.apply(profile_case, (adjoint, n, args.config))
+                row = pool.apply(profile_case, (adjoint, n, args.config, args.mode))
             print(
                 json.dumps({k: row[k] for k in ("adjoint", "threads", "shares")}), file=sys.stderr
             )

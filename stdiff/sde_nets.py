@@ -9,6 +9,7 @@ by ``tanh``. torchsde integrates the flat state ``[N, M*h*w]`` (``(M, h, w)`` ro
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 NOISE_TYPES = ("diagonal",)
@@ -113,3 +114,37 @@ class FlatMotionSDE(nn.Module):
             return torch.zeros_like(y)
         net = self.sde.diffusion
         return net(self._unflat(y, net)).flatten(1).to(y.dtype)
+
+    def f_and_g(self, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Drift and diffusion at the same state, both nets in one pass: their first convs
+        share the input (one conv with the output channels stacked), the later ones run as one
+        two-group conv. Half the conv calls of ``f`` then ``g`` for the same arithmetic; the
+        solver's first evaluation of every step (``f_and_g_prod``) and the adjoint's
+        evaluations take this path."""
+        if self.drift_only:
+            return self.f(t, y), torch.zeros_like(y)
+        drift, diffusion = self.sde.drift, self.sde.diffusion
+        x = self._unflat(y, drift)
+        pairs = list(zip(drift.convs, diffusion.convs))
+        first_d, first_g = pairs[0]
+        x = F.conv2d(
+            x,
+            torch.cat((first_d.weight, first_g.weight)),
+            torch.cat((first_d.bias, first_g.bias)),
+            padding=1,
+        )
+        for conv_d, conv_g in pairs[1:]:
+            x = F.conv2d(
+                drift.act(x),
+                torch.cat((conv_d.weight, conv_g.weight)),
+                torch.cat((conv_d.bias, conv_g.bias)),
+                padding=1,
+                groups=2,
+            )
+        f, g = x.chunk(2, dim=1)
+        return f.flatten(1).to(y.dtype), torch.tanh(g).flatten(1).to(y.dtype)
+
+    def f_and_g_prod(self, t: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Drift and diffusion times the Brownian increment ``v`` (diagonal noise)."""
+        f, g = self.f_and_g(t, y)
+        return f, g * v

@@ -115,6 +115,10 @@ def test_tde_pieces(ref, model):
     t = torch.tensor(2.0)
     assert _err(sde.f(t, ref["sde_state_in"]), ref["drift_out"]) <= TOL
     assert _err(sde.g(t, ref["sde_state_in"]), ref["diffusion_out"]) <= TOL
+    # The fused pass the solver takes (both nets at once, grouped convs).
+    f, g = sde.f_and_g(t, ref["sde_state_in"])
+    assert _err(f, ref["drift_out"]) <= TOL
+    assert _err(g, ref["diffusion_out"]) <= TOL
 
 
 @torch.no_grad()
