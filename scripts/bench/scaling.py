@@ -503,10 +503,13 @@ def _run_stdiff(ctx: Context, recipe: dict, sizes: dict, quick: bool) -> list[di
     cases = _stdiff_plan(recipe, sizes)
     if quick:
         rows = in_process(stdiff_cases, recipe, cases, a.threads, a.scaling_repeats)
-    else:
+    else:  # a process per timed case; the FLOP counts (nothing measured) share one
+        timed = [c for c in cases if c.get("timed", True)]
         rows = [
-            in_process(stdiff_cases, recipe, [c], a.threads, a.scaling_repeats)[0] for c in cases
+            in_process(stdiff_cases, recipe, [c], a.threads, a.scaling_repeats)[0] for c in timed
         ]
+        counts = [c for c in cases if not c.get("timed", True)]
+        rows += in_process(stdiff_cases, recipe, counts, a.threads, 1) if counts else []
     return [emit(add_peak_fractions(r, ctx.conv_peak) if "gflops" in r else r) for r in rows]
 
 
