@@ -33,6 +33,20 @@ On a shared machine, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spin
 it, 2-thread runs slowed down many times when other processes took a core); the load average
 is recorded with every case.
 
+Scaling (only when named; about 4-6 minutes on 2 cores, --scaling-quick under 30 s):
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only scaling --out logs/benchmark
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only scaling --scaling-quick
+
+scaling: time, peak RSS and GFLOP of WF-VAE encode / decode (the flagship network of
+configs/experiment/wfvae_kitti.yaml, or --scaling-wfvae-model bc64 / wfvae_l_16ch) against
+the clip length (9 to 257 frames at 128^2, chunked with the streaming chunk cache and on the
+full clip where it fits) and the frame size (64^2 to 256^2 and 128 x 416 at 17 frames); of
+STDiff sampling (the forecast recipe, configs/experiment/stdiff_kitti_range_forecast.yaml,
+random weights, DDIM 20 steps) against the horizon and the number of samples K. Log-log growth
+exponents of every series with a note saying where cost grows faster than linear; the figure
+<--out>/scaling.png and the section's JSON <--out>/scaling.json (see scripts/bench/scaling.py).
+
 GPU on paper (only when named; nothing is timed, about a minute on one thread):
 
     OMP_NUM_THREADS=1 python scripts/benchmark.py --only gpu_paper
@@ -63,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.bench import (  # noqa: E402
     gpu_paper,
     lightning,
+    scaling,
     stdiff,
     stdiff_quality,
     stdiff_train,
@@ -100,6 +115,8 @@ STDIFF_SECTIONS: dict[str, Section] = {
     "stdiff_quality": stdiff_quality.run,
     "stdiff_truncation": stdiff_truncation.run,
 }
+#: Sections run only when named in --only, after the STDiff ones: growth with input size.
+SCALING_SECTIONS: dict[str, Section] = {"scaling": scaling.run}
 #: Sections run only when named in --only, after the others: estimates, nothing timed.
 PAPER_SECTIONS: dict[str, Section] = {"gpu_paper": gpu_paper.run}
 
@@ -130,7 +147,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help=f"subset of: {' '.join(SECTIONS)}; STDiff (only when named): "
-        f"{' '.join(STDIFF_SECTIONS)}; on paper (only when named): {' '.join(PAPER_SECTIONS)}",
+        f"{' '.join(STDIFF_SECTIONS)}; scaling (only when named): {' '.join(SCALING_SECTIONS)}; "
+        f"on paper (only when named): {' '.join(PAPER_SECTIONS)}",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="logs/benchmark",
+        help="folder for the files sections write (scaling: scaling.png, scaling.json)",
     )
     p.add_argument(
         "--stdiff-threads",
@@ -146,6 +170,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["fp32", "bf16_cl"],
         help="fp32 | fp32_cl | bf16 | bf16_cl (_cl: channels-last model and input)",
     )
+    g = p.add_argument_group("scaling")
+    g.add_argument(
+        "--scaling-quick", action="store_true", help="tiny sizes, one process per model (smoke)"
+    )
+    g.add_argument(
+        "--scaling-wfvae-model",
+        default="flagship",
+        help="flagship (configs/experiment/wfvae_kitti.yaml's network) or a named size: "
+        "bc64 | wfvae_s | wfvae_l_16ch | tiny",
+    )
+    g.add_argument(
+        "--scaling-parts", nargs="+", default=["wfvae", "stdiff"], choices=["wfvae", "stdiff"]
+    )
+    g.add_argument(
+        "--scaling-chunk",
+        type=int,
+        default=8,
+        help="video frames per WF-VAE chunk, a multiple of 4 (decode: chunk / 4 latent frames)",
+    )
+    g.add_argument("--scaling-max-frames", type=int, default=257, help="longest WF-VAE clip")
+    g.add_argument(
+        "--scaling-max-full-mb",
+        type=float,
+        default=None,
+        help="skip a full-clip WF-VAE case estimated above this (default: half the available "
+        "memory)",
+    )
+    g.add_argument("--scaling-repeats", type=int, default=1, help="timed calls per case")
     return p.parse_args(argv)
 
 
@@ -175,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         result.update(stdiff.conv_peaks(ctx))
     for name in stdiff_wanted:
         result.update(STDIFF_SECTIONS[name](ctx))
-    for name, section in PAPER_SECTIONS.items():
+    for name, section in {**SCALING_SECTIONS, **PAPER_SECTIONS}.items():
         if name in (only or []):
             result.update(section(ctx))
     result["machine"]["loadavg_at_end"] = os.getloadavg()
