@@ -244,7 +244,9 @@ def profile_case(adjoint: bool, threads: int, config: str = "reduced", mode: str
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     model = stdiff_model(config, mode, adjoint)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True
+    )
     h, w = STDIFF_SIZES[config]
     g = torch.Generator().manual_seed(0)
     vo = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1

@@ -102,7 +102,12 @@ class FlatMotionSDE(nn.Module):
         self.drift_only = drift_only or sde.diffusion is None
 
     def _unflat(self, y: Tensor, net: nn.Module) -> Tensor:
-        return y.view(y.shape[0], *self.state_shape).to(net.convs[0].weight.dtype)
+        # Channels-last: oneDNN's kernels for these small 3x3 convs run ~1.3x faster (forward
+        # and backward, measured at 64 channels x 16 x 32) than on the row-major view, which
+        # is worth the two small copies. The flat layout (and so which Brownian increment
+        # drives which element) stays (M, h, w) row-major.
+        x = y.view(y.shape[0], *self.state_shape).to(net.convs[0].weight.dtype)
+        return x.contiguous(memory_format=torch.channels_last)
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         """Drift; ``t`` is ignored (autonomous)."""
