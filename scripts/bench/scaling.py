@@ -161,11 +161,15 @@ SUPERLINEAR, LINEAR, FLAT = 1.1, 0.9, 0.25
 def growth_verdict(slope: float, last: float | None = None) -> str:
     """A word for a series' growth, by its top exponent (``last``, between the two largest
     points; else ``slope``, over all): "faster than linear" (> 1.1, with ``slope`` above 1 too,
-    so that two noisy small points do not decide it), "about linear" (>= 0.9), "sublinear"
+    so that two noisy small points do not decide it; else "faster than linear at the top
+    only"), "about linear" (>= 0.9), "sublinear"
     (>= 0.25), "flat" (> -0.25), "falling"."""
     top = slope if last is None else last
     if top > SUPERLINEAR and slope > 1.0:
         return "faster than linear"
+    if top > SUPERLINEAR:
+        # Steeper only between the two largest points: a trend to watch, or noise there.
+        return "faster than linear at the top only"
     if top >= LINEAR:
         return "about linear"
     if top >= FLAT:
