@@ -33,6 +33,19 @@ On a shared machine, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spin
 it, 2-thread runs slowed down many times when other processes took a core); the load average
 is recorded with every case.
 
+Data loaders (only when named; about 2 minutes):
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only data
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only data --data-loaders kitti_range \
+        --data-workers 0 --data-seconds 1 --data-steps 1          # a smoke run
+
+data: clips per second of each training loader (synthetic KITTI camera PNGs and PyAV video
+folders at the wfvae_kitti sizes, velodyne range sequences at the stdiff_kitti_range_forecast
+ones), built from the composed experiment config, at num_workers 0, 1, 2 and the config's
+default, against the clips per second the recipe's training step consumes (batch / step time,
+measured in the same run); the goal is >= 3x at the default num_workers. Details in
+scripts/bench/data.py.
+
 GPU on paper (only when named; nothing is timed, about a minute on one thread):
 
     OMP_NUM_THREADS=1 python scripts/benchmark.py --only gpu_paper
@@ -61,6 +74,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.bench import (  # noqa: E402
+    data,
     gpu_paper,
     lightning,
     stdiff,
@@ -100,6 +114,8 @@ STDIFF_SECTIONS: dict[str, Section] = {
     "stdiff_quality": stdiff_quality.run,
     "stdiff_truncation": stdiff_truncation.run,
 }
+#: Sections run only when named in --only, after the STDiff ones.
+DATA_SECTIONS: dict[str, Section] = {"data": data.run}
 #: Sections run only when named in --only, after the others: estimates, nothing timed.
 PAPER_SECTIONS: dict[str, Section] = {"gpu_paper": gpu_paper.run}
 
@@ -130,7 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help=f"subset of: {' '.join(SECTIONS)}; STDiff (only when named): "
-        f"{' '.join(STDIFF_SECTIONS)}; on paper (only when named): {' '.join(PAPER_SECTIONS)}",
+        f"{' '.join(STDIFF_SECTIONS)}; data loaders (only when named): {' '.join(DATA_SECTIONS)}; "
+        f"on paper (only when named): {' '.join(PAPER_SECTIONS)}",
     )
     p.add_argument(
         "--stdiff-threads",
@@ -145,6 +162,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=["fp32", "bf16_cl"],
         help="fp32 | fp32_cl | bf16 | bf16_cl (_cl: channels-last model and input)",
+    )
+    p.add_argument(
+        "--data-loaders",
+        nargs="+",
+        default=None,
+        choices=list(data.LOADERS),
+        help="loaders of the data section (default: all)",
+    )
+    p.add_argument(
+        "--data-workers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="num_workers values of the data section (the config's default is always added)",
+    )
+    p.add_argument(
+        "--data-seconds",
+        type=float,
+        default=3.0,
+        help="data section: seconds of batches per loader case (or one epoch, if shorter)",
+    )
+    p.add_argument("--data-steps", type=int, default=3, help="data section: timed training steps")
+    p.add_argument(
+        "--data-warmup", type=int, default=1, help="data section: untimed training steps first"
     )
     return p.parse_args(argv)
 
@@ -175,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         result.update(stdiff.conv_peaks(ctx))
     for name in stdiff_wanted:
         result.update(STDIFF_SECTIONS[name](ctx))
+    for name, section in DATA_SECTIONS.items():
+        if name in (only or []):
+            result.update(section(ctx))
     for name, section in PAPER_SECTIONS.items():
         if name in (only or []):
             result.update(section(ctx))
