@@ -49,7 +49,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from scripts.bench.harness import Context, emit, in_process, set_threads
+from scripts.bench.harness import (
+    Context,
+    emit,
+    in_process,
+    in_process_with_children,
+    set_threads,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -386,12 +392,14 @@ def run(ctx: Context) -> dict:
             # The config's own num_workers first (it says which value is the default), then the
             # others not yet measured.
             rates = [
-                in_process(loader_rate, experiment, overrides, None, threads, args.data_seconds)
+                in_process_with_children(
+                    loader_rate, experiment, overrides, None, threads, args.data_seconds
+                )
             ]
             for n in workers:
                 if n != rates[0]["num_workers"]:
                     rates.append(
-                        in_process(
+                        in_process_with_children(
                             loader_rate, experiment, overrides, n, threads, args.data_seconds
                         )
                     )
