@@ -43,8 +43,9 @@ data: clips per second of each training loader (synthetic KITTI camera PNGs and 
 folders at the wfvae_kitti sizes, velodyne range sequences at the stdiff_kitti_range_forecast
 ones), built from the composed experiment config, at num_workers 0, 1, 2 and the config's
 default, against the clips per second the recipe's training step consumes (batch / step time,
-measured in the same run); the goal is >= 3x at the default num_workers. Details in
-scripts/bench/data.py.
+measured in the same run); the goal is >= 3x at the default num_workers. --data-fed-steps 20
+also times the step fed by the loader at each num_workers (do workers help when they share the
+cores with the step?). Details in scripts/bench/data.py.
 
 GPU on paper (only when named; nothing is timed, about a minute on one thread):
 
@@ -186,6 +187,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-steps", type=int, default=3, help="data section: timed training steps")
     p.add_argument(
         "--data-warmup", type=int, default=1, help="data section: untimed training steps first"
+    )
+    p.add_argument(
+        "--data-fed-steps",
+        type=int,
+        default=0,
+        help="data section: also time this many steps fed by the loader itself at each "
+        "--data-workers value (loading and the step sharing the cores; 0 = off)",
     )
     return p.parse_args(argv)
 

@@ -32,15 +32,21 @@ training its workers share the cores with the step's threads (on a 2-core machin
 a core the step would use), so the 0-worker ratio is the one that holds however the cores are
 shared. ``load_share_at_0`` is the part of a step's wall time that loading in the training
 process (0 workers) adds: what workers could at most win back, and only where a core is free.
+Whether they do is measured with ``--data-fed-steps N`` (off by default): N steps fed by the
+recipe's own train loader at each ``--data-workers`` value, loading and step sharing the cores as
+in training (``fed_step_time_s`` of the kitti_camera and kitti_range rows; take N >= 10, the
+first batches come from the workers' prefetch).
 
 Rows (``data_throughput``, one per loader): loader, experiment, data_config, overrides,
 clip_shape, batch_size, default_num_workers, clips_per_s {num_workers: clips/s},
 consumption_clips_per_s, step_time_s, ratio_at_default, ratio_at_0, ratio_by_workers,
-load_share_at_0, meets_3x, loadavg; the step measurements themselves in ``data_step_times``.
+load_share_at_0, meets_3x, loadavg (and fed_step_time_s {num_workers: s}); the step
+measurements themselves in ``data_step_times``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
@@ -248,10 +254,17 @@ def loader_rate(
         }
 
 
-def step_time(experiment: str, threads: int, steps: int, warmup: int) -> dict:
-    """Training-step time of the recipe's LightningModule and Trainer on real batches of its
-    train loader (read beforehand, so the step never waits for data): ``warmup`` untimed steps,
-    then ``steps`` timed ones. Returns the step time and the clips per second it consumes."""
+def step_time(
+    experiment: str, threads: int, steps: int, warmup: int, num_workers: int | None = None
+) -> dict:
+    """Training-step time of the recipe's LightningModule and Trainer: ``warmup`` untimed steps,
+    then ``steps`` timed ones.
+
+    ``num_workers`` None: on real batches of the recipe's train loader read beforehand (the step
+    never waits for data); returns the step time and the clips per second it consumes. An int:
+    fed by the train loader itself with that many workers (loading and the step share the
+    cores, as in training); returns that step time.
+    """
     import lightning.pytorch as pl
     from hydra.utils import instantiate
     from omegaconf import DictConfig
@@ -261,16 +274,22 @@ def step_time(experiment: str, threads: int, steps: int, warmup: int) -> dict:
 
     set_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, _ = compose_recipe(experiment, ["data.num_workers=0"], tmp)
+        workers = 0 if num_workers is None else int(num_workers)
+        cfg, _ = compose_recipe(experiment, [f"data.num_workers={workers}"], tmp)
         pl.seed_everything(cfg.seed, verbose=False)
         dm = build_datamodule(cfg)
         epoch = len(dm.train_dataloader())
-        batches: list[dict] = []
-        while len(batches) < warmup + steps:
-            for batch in dm.train_dataloader():
-                batches.append(batch)
-                if len(batches) == warmup + steps:
-                    break
+        if warmup + steps > epoch:
+            raise ValueError(f"{experiment}: {warmup} + {steps} steps exceed one epoch ({epoch})")
+        if num_workers is None:
+            batches = list(itertools.islice(dm.train_dataloader(), warmup + steps))
+            batch_size, shape = batch_clips(batches[0]), clip_shape(batches[0])
+            loader = DataLoader(Repeated(batches, epoch), batch_size=None)
+        else:
+            loader = dm.train_dataloader()
+            item = loader.dataset[0]
+            batch_size = int(loader.batch_size)
+            shape = list(item["video" if "video" in item else "frames"].shape)
         model = instantiate(cfg.model, _recursive_=True)
         if isinstance(model, ChecksData):
             model.check_data(dm)
@@ -305,16 +324,15 @@ def step_time(experiment: str, threads: int, steps: int, warmup: int) -> dict:
             enable_model_summary=False,
             default_root_dir=tmp,
         )
-        loader = DataLoader(Repeated(batches, epoch), batch_size=None)
         trainer.fit(model, train_dataloaders=loader)
         step_s = (marks["end"] - marks["start"]) / steps
-        batch_size = batch_clips(batches[0])
         return {
             "experiment": experiment,
+            "fed_num_workers": num_workers,
             "step_time_s": step_s,
             "consumption_clips_per_s": batch_size / step_s,
             "batch_size": batch_size,
-            "clip_shape": clip_shape(batches[0]),
+            "clip_shape": shape,
             "precision": str(cfg.trainer.precision),
             "callbacks": [type(c).__name__ for c in callbacks],
             # WF-VAE: LPIPS needs local weights; without them the term is off (a faster step).
@@ -379,11 +397,21 @@ def run(ctx: Context) -> dict:
     workers = sorted(set(args.data_workers))
     wanted = args.data_loaders or list(LOADERS)
     consumption: dict[str, dict] = {}
+    fed: dict[str, list[dict]] = {}
     for loader in dict.fromkeys(LOADERS[name]["consumer"] for name in wanted):
         experiment = LOADERS[loader]["experiment"]
         consumption[loader] = emit(
             in_process(step_time, experiment, threads, args.data_steps, args.data_warmup)
         )
+        if args.data_fed_steps > 0:
+            fed[loader] = [
+                emit(
+                    in_process_with_children(
+                        step_time, experiment, threads, args.data_fed_steps, args.data_warmup, n
+                    )
+                )
+                for n in workers
+            ]
     rows = []
     with tempfile.TemporaryDirectory() as video_dir:
         for name in wanted:
@@ -403,12 +431,17 @@ def run(ctx: Context) -> dict:
                             loader_rate, experiment, overrides, n, threads, args.data_seconds
                         )
                     )
-            consumer = consumption[LOADERS[name]["consumer"]]
-            if consumer["clip_shape"] != rates[0]["clip_shape"]:
+            consumer = LOADERS[name]["consumer"]
+            if consumption[consumer]["clip_shape"] != rates[0]["clip_shape"]:
                 raise RuntimeError(
                     f"{name}: clips {rates[0]['clip_shape']} differ from those of the step it is "
-                    f"compared with ({consumer['clip_shape']})"
+                    f"compared with ({consumption[consumer]['clip_shape']})"
                 )
-            row = loader_row(name, experiment, overrides, rates, consumer)
+            row = loader_row(name, experiment, overrides, rates, consumption[consumer])
+            if consumer in fed and name == consumer:  # the fed steps ran on this loader
+                row["fed_step_time_s"] = {
+                    str(f["fed_num_workers"]): f["step_time_s"] for f in fed[consumer]
+                }
             rows.append(emit(row))
-    return {"data_throughput": rows, "data_step_times": list(consumption.values())}
+    steps = list(consumption.values()) + [f for runs in fed.values() for f in runs]
+    return {"data_throughput": rows, "data_step_times": steps}
