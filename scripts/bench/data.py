@@ -68,8 +68,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The issue's bar: the loader at >= this many times the training step's consumption.
 REQUIRED_RATIO = 3.0
 
-#: Per loader: the experiment whose step consumes its clips, and the loader of that experiment's
-#: step time it is compared against.
+#: Per loader: the experiment that builds it and whose training step consumes its clips, and the
+#: loader whose batches that step is timed on (the video folder feeds the same WF-VAE recipe at
+#: the same clip shape as the KITTI camera clips).
 LOADERS: dict[str, dict[str, str]] = {
     "kitti_camera": {"experiment": "wfvae_kitti", "consumer": "kitti_camera"},
     "video_folder": {"experiment": "wfvae_kitti", "consumer": "kitti_camera"},
