@@ -47,6 +47,20 @@ random weights, DDIM 20 steps) against the horizon and the number of samples K. 
 exponents of every series with a note saying where cost grows faster than linear; the figure
 <--out>/scaling.png and the section's JSON <--out>/scaling.json (see scripts/bench/scaling.py).
 
+Data loaders (only when named; about 2 minutes):
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only data
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only data --data-loaders kitti_range \
+        --data-workers 0 --data-seconds 1 --data-steps 1          # a smoke run
+
+data: clips per second of each training loader (synthetic KITTI camera PNGs and PyAV video
+folders at the wfvae_kitti sizes, velodyne range sequences at the stdiff_kitti_range_forecast
+ones), built from the composed experiment config, at num_workers 0, 1, 2 and the config's
+default, against the clips per second the recipe's training step consumes (batch / step time,
+measured in the same run); the goal is >= 3x at the default num_workers. --data-fed-steps 20
+also times the step fed by the loader at each num_workers (do workers help when they share the
+cores with the step?). Details in scripts/bench/data.py.
+
 GPU on paper (only when named; nothing is timed, about a minute on one thread):
 
     OMP_NUM_THREADS=1 python scripts/benchmark.py --only gpu_paper
@@ -75,6 +89,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.bench import (  # noqa: E402
+    data,
     gpu_paper,
     lightning,
     scaling,
@@ -117,6 +132,8 @@ STDIFF_SECTIONS: dict[str, Section] = {
 }
 #: Sections run only when named in --only, after the STDiff ones: growth with input size.
 SCALING_SECTIONS: dict[str, Section] = {"scaling": scaling.run}
+#: Sections run only when named in --only, after the STDiff ones.
+DATA_SECTIONS: dict[str, Section] = {"data": data.run}
 #: Sections run only when named in --only, after the others: estimates, nothing timed.
 PAPER_SECTIONS: dict[str, Section] = {"gpu_paper": gpu_paper.run}
 
@@ -147,7 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help=f"subset of: {' '.join(SECTIONS)}; STDiff (only when named): "
-        f"{' '.join(STDIFF_SECTIONS)}; scaling (only when named): {' '.join(SCALING_SECTIONS)}; "
+        f"{' '.join(STDIFF_SECTIONS)}; scaling and data loaders (only when named): "
+        f"{' '.join(SCALING_SECTIONS)} {' '.join(DATA_SECTIONS)}; "
         f"on paper (only when named): {' '.join(PAPER_SECTIONS)}",
     )
     p.add_argument(
@@ -198,6 +216,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "memory)",
     )
     g.add_argument("--scaling-repeats", type=int, default=1, help="timed calls per case")
+    p.add_argument(
+        "--data-loaders",
+        nargs="+",
+        default=None,
+        choices=list(data.LOADERS),
+        help="loaders of the data section (default: all)",
+    )
+    p.add_argument(
+        "--data-workers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="num_workers values of the data section (the config's default is always added)",
+    )
+    p.add_argument(
+        "--data-seconds",
+        type=float,
+        default=3.0,
+        help="data section: seconds of batches per loader case (or one epoch, if shorter)",
+    )
+    p.add_argument("--data-steps", type=int, default=3, help="data section: timed training steps")
+    p.add_argument(
+        "--data-warmup", type=int, default=1, help="data section: untimed training steps first"
+    )
+    p.add_argument(
+        "--data-fed-steps",
+        type=int,
+        default=0,
+        help="data section: also time this many steps fed by the loader itself at each "
+        "--data-workers value (loading and the step sharing the cores; 0 = off)",
+    )
     return p.parse_args(argv)
 
 
@@ -227,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         result.update(stdiff.conv_peaks(ctx))
     for name in stdiff_wanted:
         result.update(STDIFF_SECTIONS[name](ctx))
-    for name, section in {**SCALING_SECTIONS, **PAPER_SECTIONS}.items():
+    for name, section in {**SCALING_SECTIONS, **DATA_SECTIONS, **PAPER_SECTIONS}.items():
         if name in (only or []):
             result.update(section(ctx))
     result["machine"]["loadavg_at_end"] = os.getloadavg()

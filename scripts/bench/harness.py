@@ -42,6 +42,39 @@ def in_process(fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
         return pool.apply(fn, args, kwargs)
 
 
+def _send_result(conn: Any, fn: Callable[..., dict], args: tuple, kwargs: dict) -> None:
+    import traceback
+
+    try:
+        conn.send(("ok", fn(*args, **kwargs)))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def in_process_with_children(fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
+    """As `in_process`, in a fresh spawned process that may start processes of its own (e.g.
+    DataLoader workers; a Pool's processes are daemonic and may not). Raises RuntimeError with
+    the child's traceback when ``fn`` fails or the process dies."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_send_result, args=(send, fn, args, kwargs))
+    proc.start()
+    send.close()
+    try:
+        status, value = recv.recv()  # before join: a large result would block the child's send
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"{fn.__name__}: its process died (exit code {proc.exitcode})") from None
+    finally:
+        recv.close()
+    proc.join()
+    if status == "error":
+        raise RuntimeError(f"{fn.__name__} failed in its process:\n{value}")
+    return value
+
+
 def emit(row: dict) -> dict:
     """Echo a measured row to stderr (progress while the run goes on)."""
     print(json.dumps(row), file=sys.stderr)
