@@ -61,6 +61,15 @@ measured in the same run); the goal is >= 3x at the default num_workers. --data-
 also times the step fed by the loader at each num_workers (do workers help when they share the
 cores with the step?). Details in scripts/bench/data.py.
 
+WF-VAE training step (only when named; with the conv peak for the fractions):
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only conv_peak wfvae_train \
+        --models bc64 --reference-wfvae /path/to/WF-VAE
+
+wfvae_train: our full VAE-GAN step (generator with every loss term and the adaptive GAN
+weight, then the discriminator step) against the published model's forward + backward (L1 +
+KL, AdamW) in the same run, fp32 and bf16 channels-last, batch 1, 9 x 128^2 by default.
+
 GPU on paper (only when named; nothing is timed, about a minute on one thread):
 
     OMP_NUM_THREADS=1 python scripts/benchmark.py --only gpu_paper
@@ -101,6 +110,7 @@ from scripts.bench import (  # noqa: E402
     wfvae,
     wfvae_chunked,
     wfvae_quality,
+    wfvae_train,
 )
 from scripts.bench.harness import Context, conv_peak, in_process  # noqa: E402
 
@@ -131,7 +141,7 @@ STDIFF_SECTIONS: dict[str, Section] = {
     "stdiff_truncation": stdiff_truncation.run,
 }
 #: Sections run only when named in --only, after the STDiff ones: growth with input size.
-SCALING_SECTIONS: dict[str, Section] = {"scaling": scaling.run}
+SCALING_SECTIONS: dict[str, Section] = {"scaling": scaling.run, "wfvae_train": wfvae_train.run}
 #: Sections run only when named in --only, after the STDiff ones.
 DATA_SECTIONS: dict[str, Section] = {"data": data.run}
 #: Sections run only when named in --only, after the others: estimates, nothing timed.
@@ -215,6 +225,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip a full-clip WF-VAE case estimated above this (default: half the available "
         "memory)",
     )
+    p.add_argument(
+        "--wfvae-train-frames", type=int, default=9, help="wfvae_train: frames of the clip"
+    )
+    p.add_argument("--wfvae-train-size", type=int, default=128, help="wfvae_train: frame size")
     g.add_argument("--scaling-repeats", type=int, default=1, help="timed calls per case")
     p.add_argument(
         "--data-loaders",

@@ -1,0 +1,198 @@
+"""Section ``wfvae_train`` (only when named): one WF-VAE training step with the full recipe,
+ours against the published model's forward + backward in the same run (``--reference-wfvae``).
+
+Ours (batch 1, ``[1, 3, T, S, S]``): generator forward with a posterior sample, every loss term
+of the VAE-GAN recipe (L1 reconstruction, KL, wavelet, the 3D PatchGAN's generator term with the
+adaptive weight, which takes an extra gradient of the last decoder layer; LPIPS only where local
+weights exist, so off here), backward, gradient clipping, AdamW; then the discriminator step
+(real and fake clips, hinge loss, backward, AdamW). The published code's step: its model's
+forward with a posterior sample, L1 + KL, backward and AdamW -- less work than ours (no wavelet,
+GAN or discriminator terms: its loss module needs the LPIPS network), so that ratio is a lower
+bound on ours against its full recipe; our model under exactly the reference's step gives the
+like-for-like ratio (rows ``implementation``: reference, full recipe, the reference's step).
+
+Modes: fp32 | bf16_cl (bf16 autocast, channels-last model and input; the reference under the
+same autocast, in its own memory layout). Rows: time, FLOPs (FlopCounterMode; attention on CPU uncounted, see
+scripts/bench/scaling.py), GFLOP/s, fraction of the conv peak, peak RSS; ``speedup_vs_reference``
+when the published code ran in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from scripts.bench.harness import (
+    Context,
+    add_peak_fractions,
+    bf16_autocast,
+    count_flops,
+    emit,
+    in_process,
+    rss_mb,
+    set_threads,
+    timeit,
+)
+
+
+def ours_train_case(name: str, frames: int, size: int, mode: str, threads: int, repeats: int):
+    """Our full-recipe step (generator + discriminator), in a fresh process."""
+    import torch
+
+    from wfvae.discriminator import PatchDiscriminator3D
+    from wfvae.losses import WFVAELoss
+    from wfvae.model import WFVAE, wfvae_config
+
+    set_threads(threads)
+    torch.manual_seed(0)
+    model = WFVAE(**wfvae_config(name)).train()
+    disc = PatchDiscriminator3D(in_channels=3, ndf=64, n_layers=4, norm="batch")
+    loss = WFVAELoss(
+        perceptual_weight=0.0, lpips_weights=None, disc=disc, disc_start=0, wavelet_weight=0.1
+    )
+    x = torch.rand(1, 3, frames, size, size) * 2 - 1
+    if mode.endswith("_cl"):
+        model = model.to(memory_format=torch.channels_last_3d)
+        disc = disc.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    opt_g = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
+
+    def step():
+        with bf16_autocast(mode != "fp32"):
+            out = model(x, sample_posterior=True)
+            g_loss, _ = loss.generator_loss(x, out, 1, last_layer=model.get_last_layer())
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt_g.step()
+        with bf16_autocast(mode != "fp32"):
+            d_loss, _ = loss.discriminator_loss(x, out.recon.detach(), 1)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+        opt_d.step()
+
+    seconds = timeit(step, repeats)
+    peak = rss_mb()
+    flops = count_flops(step)
+    return {
+        "model": name,
+        "shape": f"{frames}x{size}",
+        "mode": mode,
+        "implementation": "ours (full recipe: generator + discriminator)",
+        "time_s": seconds,
+        "gflop": flops / 1e9,
+        "gflops": flops / seconds / 1e9,
+        "peak_rss_mb": peak,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int, repeats: int):
+    """Our model under exactly the reference's step (forward, L1 + KL, backward, AdamW): the
+    like-for-like ratio, in a fresh process."""
+    import torch
+
+    from wfvae.model import WFVAE, wfvae_config
+
+    set_threads(threads)
+    torch.manual_seed(0)
+    model = WFVAE(**wfvae_config(name)).train()
+    x = torch.rand(1, 3, frames, size, size) * 2 - 1
+    if mode.endswith("_cl"):
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+    def step():
+        with bf16_autocast(mode != "fp32"):
+            out = model(x, sample_posterior=True)
+            total = (out.recon.float() - x).abs().mean() + 1e-6 * out.posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+
+    seconds = timeit(step, repeats)
+    flops = count_flops(step)
+    return {
+        "model": name,
+        "shape": f"{frames}x{size}",
+        "mode": mode,
+        "implementation": "ours (the reference's step: forward + L1 + KL backward + AdamW)",
+        "time_s": seconds,
+        "gflop": flops / 1e9,
+        "gflops": flops / seconds / 1e9,
+        "peak_rss_mb": rss_mb(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def reference_train_case(
+    repo: str, name: str, frames: int, size: int, mode: str, threads: int, repeats: int
+):
+    """The published model's forward + L1 + KL backward + AdamW, in a fresh process."""
+    import contextlib
+    import io
+
+    import torch
+
+    sys.path.insert(0, repo)
+    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
+
+    from wfvae.model import wfvae_config
+    from wfvae.reference import reference_config
+
+    set_threads(threads)
+    torch.manual_seed(0)
+    model = WFVAEModel(**reference_config(wfvae_config(name))).train()
+    # bf16_cl: the reference under the same autocast, in its own layout (it holds 2D conv
+    # weights, which channels_last_3d refuses).
+    x = torch.rand(1, 3, frames, size, size) * 2 - 1
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+    def step():
+        model.temporal_size = None  # the reference locks the first length it sees
+        with bf16_autocast(mode != "fp32"):
+            out = model(x, sample_posterior=True)
+            rec = (out.sample.float() - x).abs().mean()
+            kl = out.latent_dist.kl().mean()
+            total = rec + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+
+    # The reference prints shapes on every call: keep stdout JSON only.
+    with contextlib.redirect_stdout(io.StringIO()):
+        seconds = timeit(step, repeats)
+        flops = count_flops(step)
+    return {
+        "model": name,
+        "shape": f"{frames}x{size}",
+        "mode": mode,
+        "implementation": "reference (forward + L1 + KL backward + AdamW)",
+        "time_s": seconds,
+        "gflop": flops / 1e9,
+        "gflops": flops / seconds / 1e9,
+        "peak_rss_mb": rss_mb(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def run(ctx: Context) -> dict:
+    a = ctx.args
+    rows = []
+    for name in a.models:
+        for mode in ("fp32", "bf16_cl"):
+            case = (name, a.wfvae_train_frames, a.wfvae_train_size, mode, a.threads, a.repeats)
+            full = add_peak_fractions(in_process(ours_train_case, *case), ctx.conv_peak)
+            matched = add_peak_fractions(in_process(ours_matched_case, *case), ctx.conv_peak)
+            if a.reference_wfvae:
+                ref = in_process(reference_train_case, a.reference_wfvae, *case)
+                for row in (full, matched):
+                    row["reference_time_s"] = ref["time_s"]
+                    row["reference_gflop"] = ref["gflop"]
+                    row["speedup_vs_reference"] = ref["time_s"] / row["time_s"]
+                rows.append(emit(add_peak_fractions(ref, ctx.conv_peak)))
+            rows += [emit(full), emit(matched)]
+    return {"wfvae_train": rows}
