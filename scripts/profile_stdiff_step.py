@@ -239,27 +239,15 @@ def profile_case(adjoint: bool, threads: int, config: str = "reduced", mode: str
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    from scripts.bench.stdiff import STDIFF_SIZES, autocast, stdiff_model
+    from scripts.bench.stdiff import training_step_parts
 
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    model = stdiff_model(config, mode, adjoint)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True
-    )
-    h, w = STDIFF_SIZES[config]
-    g = torch.Generator().manual_seed(0)
-    vo = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
-    vp = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
-    idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
-    sched = model.make_scheduler()
+    model, opt, loss_fn = training_step_parts(config, mode, adjoint)
 
     def step():
         with record_function("step"):
-            with autocast(mode):
-                loss, _ = model.training_loss(
-                    vo, vp, idx_o, idx_p, sched, generator=torch.Generator().manual_seed(1)
-                )
+            loss = loss_fn()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             with record_function(OPTIMIZER):

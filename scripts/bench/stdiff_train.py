@@ -17,11 +17,9 @@ from scripts.bench.harness import (
     timeit,
 )
 from scripts.bench.stdiff import (
-    STDIFF_SIZES,
     add_reference_ratios,
-    autocast,
-    stdiff_model,
     stdiff_threads,
+    training_step_parts,
 )
 
 
@@ -40,22 +38,10 @@ def stdiff_train_case(
 
     set_threads(threads)
     baseline = rss_mb()
-    model = stdiff_model(config, mode, adjoint, checkpointing)
-    sched = model.make_scheduler()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True
-    )
-    h, w = STDIFF_SIZES[config]
-    g = torch.Generator().manual_seed(0)
-    vo = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
-    vp = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
-    idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+    model, opt, loss_fn = training_step_parts(config, mode, adjoint, checkpointing)
 
     def step():
-        with autocast(mode):
-            loss, _ = model.training_loss(
-                vo, vp, idx_o, idx_p, sched, generator=torch.Generator().manual_seed(1)
-            )
+        loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

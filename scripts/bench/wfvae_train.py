@@ -35,6 +35,25 @@ from scripts.bench.harness import (
 )
 
 
+def _measure(step, name: str, frames: int, size: int, mode: str, what: str, repeats: int) -> dict:
+    """Time ``step`` (after a warm-up), then count its FLOPs on one more call; the row. Peak RSS
+    is read before the FLOP count, which raises it."""
+    seconds = timeit(step, repeats)
+    peak = rss_mb()
+    flops = count_flops(step)
+    return {
+        "model": name,
+        "shape": f"{frames}x{size}",
+        "mode": mode,
+        "implementation": what,
+        "time_s": seconds,
+        "gflop": flops / 1e9,
+        "gflops": flops / seconds / 1e9,
+        "peak_rss_mb": peak,
+        "loadavg": os.getloadavg(),
+    }
+
+
 def ours_train_case(name: str, frames: int, size: int, mode: str, threads: int, repeats: int):
     """Our full-recipe step (generator + discriminator), in a fresh process."""
     import torch
@@ -73,20 +92,8 @@ def ours_train_case(name: str, frames: int, size: int, mode: str, threads: int, 
         torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
         opt_d.step()
 
-    seconds = timeit(step, repeats)
-    peak = rss_mb()
-    flops = count_flops(step)
-    return {
-        "model": name,
-        "shape": f"{frames}x{size}",
-        "mode": mode,
-        "implementation": "ours (full recipe: generator + discriminator)",
-        "time_s": seconds,
-        "gflop": flops / 1e9,
-        "gflops": flops / seconds / 1e9,
-        "peak_rss_mb": peak,
-        "loadavg": os.getloadavg(),
-    }
+    what = "ours (full recipe: generator + discriminator)"
+    return _measure(step, name, frames, size, mode, what, repeats)
 
 
 def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int, repeats: int):
@@ -113,19 +120,8 @@ def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int
         total.backward()
         opt.step()
 
-    seconds = timeit(step, repeats)
-    flops = count_flops(step)
-    return {
-        "model": name,
-        "shape": f"{frames}x{size}",
-        "mode": mode,
-        "implementation": "ours (the reference's step: forward + L1 + KL backward + AdamW)",
-        "time_s": seconds,
-        "gflop": flops / 1e9,
-        "gflops": flops / seconds / 1e9,
-        "peak_rss_mb": rss_mb(),
-        "loadavg": os.getloadavg(),
-    }
+    what = "ours (the reference's step: forward + L1 + KL backward + AdamW)"
+    return _measure(step, name, frames, size, mode, what, repeats)
 
 
 def reference_train_case(
@@ -163,20 +159,9 @@ def reference_train_case(
         opt.step()
 
     # The reference prints shapes on every call: keep stdout JSON only.
+    what = "reference (forward + L1 + KL backward + AdamW)"
     with contextlib.redirect_stdout(io.StringIO()):
-        seconds = timeit(step, repeats)
-        flops = count_flops(step)
-    return {
-        "model": name,
-        "shape": f"{frames}x{size}",
-        "mode": mode,
-        "implementation": "reference (forward + L1 + KL backward + AdamW)",
-        "time_s": seconds,
-        "gflop": flops / 1e9,
-        "gflops": flops / seconds / 1e9,
-        "peak_rss_mb": rss_mb(),
-        "loadavg": os.getloadavg(),
-    }
+        return _measure(step, name, frames, size, mode, what, repeats)
 
 
 def run(ctx: Context) -> dict:
