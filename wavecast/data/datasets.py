@@ -20,7 +20,7 @@ copies of the dataset.) An unknown name in the configuration always raises.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -269,6 +269,44 @@ class KittiCameraClips(_ClipDataset):
         return {"video": to_video_tensor(video), "drive": drive.name, "start": start}
 
 
+def index_videos(
+    log: _SkipLog,
+    paths: Sequence[Path],
+    image_size: tuple[int, int] | None,
+    short_side: int | None,
+    max_size: int | None,
+    on_error: str,
+    too_short: Callable[[int], str | None],
+    starts: Callable[[int], Iterable[int]],
+) -> tuple[list[tuple[Path, np.ndarray | None]], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Probe each video once: ``(videos, sizes, items)`` with ``videos[k] = (path, frame
+    timestamps)``, ``sizes[k]`` its output (H, W) (``image_size``, else `frame_geometry`) and
+    ``items`` the ``(k, start)`` of every start in ``starts(n_frames)``. A video that cannot be
+    read, or that ``too_short(n_frames)`` gives a reason for, raises `DataError`, or with
+    ``on_error="skip"`` is left out and counted in ``log``."""
+    videos: list[tuple[Path, np.ndarray | None]] = []
+    sizes: list[tuple[int, int]] = []
+    items: list[tuple[int, int]] = []
+    for path in paths:
+        try:
+            with VideoReader(path) as reader:
+                n, pts, size = reader.n_frames, reader.frame_pts, reader.size
+            out_size = image_size or frame_geometry(size, short_side, max_size, path)
+            reason = too_short(n)
+            if reason is not None:
+                raise DataError(reason, path)
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            log._skip(str(err))
+            continue
+        k = len(videos)
+        videos.append((path, pts))
+        sizes.append(out_size)
+        items += [(k, s) for s in starts(n)]
+    return videos, sizes, items
+
+
 class VideoFolderClips(_ClipDataset):
     """Clips from the video files under `root` (mp4 / webm / avi / mkv / mov), same items.
 
@@ -314,30 +352,26 @@ class VideoFolderClips(_ClipDataset):
         self.crop, self.on_error = crop, on_error
         extensions = tuple(e.lower() for e in extensions)
         paths = self._resolve(files, extensions)
-        self.videos: list[tuple[Path, np.ndarray | None]] = []
-        self.sizes: list[tuple[int, int]] = []  # output (H, W) per video
-        self.clips = []
         span = (self.clip_length - 1) * self.frame_step + 1
-        for path in paths:
-            try:
-                with VideoReader(path) as reader:
-                    n, pts, size = reader.n_frames, reader.frame_pts, reader.size
-                out_size = self.image_size or frame_geometry(size, short_side, max_size, path)
-                if n < span:
-                    raise DataError(
-                        f"video has {n} frames, shorter than one clip of {span} frames "
-                        f"(clip_length={clip_length}, frame_step={frame_step})",
-                        path,
-                    )
-            except DataError as err:
-                if on_error == "raise":
-                    raise
-                self._skip(str(err))
-                continue
-            k = len(self.videos)
-            self.videos.append((path, pts))
-            self.sizes.append(out_size)
-            self.clips += [(k, s) for s in clip_starts(n, clip_length, stride, frame_step)]
+
+        def too_short(n: int) -> str | None:
+            if n >= span:
+                return None
+            return (
+                f"video has {n} frames, shorter than one clip of {span} frames "
+                f"(clip_length={clip_length}, frame_step={frame_step})"
+            )
+
+        self.videos, self.sizes, self.clips = index_videos(
+            self,
+            paths,
+            self.image_size,
+            short_side,
+            max_size,
+            on_error,
+            too_short=too_short,
+            starts=lambda n: clip_starts(n, clip_length, stride, frame_step),
+        )
         if not self.clips:
             raise DataError(
                 f"no usable clips among {len(paths)} videos (skipped: {self.skipped})", self.root

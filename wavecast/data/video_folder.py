@@ -36,7 +36,7 @@ from wavecast.data.datasets import (
     VideoFolderClips,
     _check_choice,
     _ClipDataset,
-    frame_geometry,
+    index_videos,
     resize_crop,
 )
 from wavecast.data.errors import DataError
@@ -407,26 +407,16 @@ class VideoFlowPairs(_ClipDataset):
         )
         self.consistency_check = bool(consistency_check)
         self.raft_weights, self.raft_model = raft_weights, raft_model
-        self.videos: list[tuple[Path, np.ndarray | None]] = []
-        self.sizes: list[tuple[int, int]] = []
-        self.clips = []
-        for rel in files:
-            path = self.root / rel
-            try:
-                with VideoReader(path) as reader:
-                    n, pts, size = reader.n_frames, reader.frame_pts, reader.size
-                out_size = self.image_size or frame_geometry(size, short_side, max_size, path)
-                if n < 2:
-                    raise DataError(f"video has {n} frame(s): no pair", path)
-            except DataError as err:
-                if on_error == "raise":
-                    raise
-                self._skip(str(err))
-                continue
-            k = len(self.videos)
-            self.videos.append((path, pts))
-            self.sizes.append(out_size)
-            self.clips += [(k, s) for s in range(0, n - 1, self.stride)]
+        self.videos, self.sizes, self.clips = index_videos(
+            self,
+            [self.root / rel for rel in files],
+            self.image_size,
+            short_side,
+            max_size,
+            on_error,
+            too_short=lambda n: None if n >= 2 else f"video has {n} frame(s): no pair",
+            starts=lambda n: range(0, n - 1, self.stride),
+        )
         if not self.clips:
             raise DataError(
                 f"no usable frame pairs in {list(files)} (skipped: {self.skipped})", self.root
