@@ -80,6 +80,17 @@ H200 SXM and the largest batch that fits, from a meta-device simulation of each 
 bytes moved, kernels, host syncs, peak live memory) and the datasheet figures in
 scripts/bench/references.json; the assumptions are in scripts/bench/gpu_paper.py.
 
+On a GPU (only when named; needs CUDA, about 5 minutes on one H200; --gpu-device cpu
+--gpu-quick runs the same code path on tiny sizes, for the tests):
+
+    python scripts/benchmark.py --only gpu --repeats 5 --out DIR --reference-wfvae /path/to/WF-VAE
+
+gpu: the CUDA path in one process: the GPU's own ceilings (bf16 / TF32 / fp32 matmul, Conv3d,
+copy bandwidth), the CUDA path checked against the CPU, STDiff and WF-VAE training steps (fp32,
+bf16 channels-last, larger batches, gradient checkpointing, torch.compile of the UNet),
+WF-VAE-L encode / decode against the published code; rows and errors also in <--out>/gpu.json,
+rewritten after every case (see scripts/bench/gpu.py).
+
 Layout: this file parses the arguments and runs the sections in order; scripts/bench/ holds the
 harness (fresh process per case, peak RSS, FLOPs, conv peak, references) and one file per
 section, each with a ``run(ctx) -> dict`` of result keys.
@@ -99,6 +110,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.bench import (  # noqa: E402
     data,
+    gpu,
     gpu_paper,
     lightning,
     scaling,
@@ -146,6 +158,8 @@ SCALING_SECTIONS: dict[str, Section] = {"scaling": scaling.run, "wfvae_train": w
 DATA_SECTIONS: dict[str, Section] = {"data": data.run}
 #: Sections run only when named in --only, after the others: estimates, nothing timed.
 PAPER_SECTIONS: dict[str, Section] = {"gpu_paper": gpu_paper.run}
+#: Sections run only when named in --only, last: on a CUDA device.
+GPU_SECTIONS: dict[str, Section] = {"gpu": gpu.run}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,7 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"subset of: {' '.join(SECTIONS)}; STDiff (only when named): "
         f"{' '.join(STDIFF_SECTIONS)}; scaling and data loaders (only when named): "
         f"{' '.join(SCALING_SECTIONS)} {' '.join(DATA_SECTIONS)}; "
-        f"on paper (only when named): {' '.join(PAPER_SECTIONS)}",
+        f"on paper (only when named): {' '.join(PAPER_SECTIONS)}; "
+        f"on a GPU (only when named): {' '.join(GPU_SECTIONS)}",
     )
     p.add_argument(
         "--out",
@@ -261,6 +276,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="data section: also time this many steps fed by the loader itself at each "
         "--data-workers value (loading and the step sharing the cores; 0 = off)",
     )
+    g = p.add_argument_group("gpu")
+    g.add_argument("--gpu-device", default="cuda", help="gpu section: torch device (cpu: smoke)")
+    g.add_argument("--gpu-quick", action="store_true", help="gpu section: tiny sizes (a smoke run)")
+    g.add_argument(
+        "--gpu-budget-s",
+        type=float,
+        default=480.0,
+        help="gpu section: cases that would start after this many seconds are skipped",
+    )
     return p.parse_args(argv)
 
 
@@ -290,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         result.update(stdiff.conv_peaks(ctx))
     for name in stdiff_wanted:
         result.update(STDIFF_SECTIONS[name](ctx))
-    for name, section in {**SCALING_SECTIONS, **DATA_SECTIONS, **PAPER_SECTIONS}.items():
+    later = {**SCALING_SECTIONS, **DATA_SECTIONS, **PAPER_SECTIONS, **GPU_SECTIONS}
+    for name, section in later.items():
         if name in (only or []):
             result.update(section(ctx))
     result["machine"]["loadavg_at_end"] = os.getloadavg()

@@ -145,11 +145,14 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def bf16_autocast(enabled: bool):
-    """CPU bf16 autocast without the weight-cast cache (it keeps a bf16 copy of every weight)."""
+def bf16_autocast(enabled: bool, device_type: str = "cpu"):
+    """bf16 autocast; on the CPU without the weight-cast cache (it keeps a bf16 copy of every
+    weight, and was slower there), on a GPU with it (PyTorch's default)."""
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled, cache_enabled=False)
+    return torch.autocast(
+        device_type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=device_type != "cpu"
+    )
 
 
 def conv_peak(threads: int) -> dict:

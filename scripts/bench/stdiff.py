@@ -38,30 +38,37 @@ def stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: bo
 
 
 def training_step_parts(
-    config: str, mode: str, adjoint: bool = True, checkpointing: bool = False
+    config: str,
+    mode: str,
+    adjoint: bool = True,
+    checkpointing: bool = False,
+    device: str = "cpu",
+    batch: int = 1,
 ) -> tuple:
     """The benchmarked STDiff training step's pieces: ``(model, opt, loss_fn)``.
 
-    ``loss_fn()``: the diffusion loss of one fixed batch (batch 1, 3 -> 3 frames at the
-    configuration's size, seeded; idx_o 0..2, idx_p 3..5) under the mode's autocast; ``opt``:
-    AdamW with the reference's betas and weight decay (fused kernel, as configs/model/stdiff.yaml).
-    The caller does zero_grad, backward, clipping at 1.0 and the step (the profiler marks them).
+    ``loss_fn()``: the diffusion loss of one fixed batch (``batch`` sequences of 3 -> 3 frames
+    at the configuration's size, seeded; idx_o 0..2, idx_p 3..5) under the mode's autocast, on
+    ``device``; ``opt``: AdamW with the reference's betas and weight decay (fused kernel, as
+    configs/model/stdiff.yaml). The caller does zero_grad, backward, clipping at 1.0 and the step
+    (the profiler marks them).
     """
     import torch
 
-    model = stdiff_model(config, mode, adjoint, checkpointing)
+    model = stdiff_model(config, mode, adjoint, checkpointing).to(device)
     sched = model.make_scheduler()
     opt = torch.optim.AdamW(
         model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True
     )
     h, w = STDIFF_SIZES[config]
     g = torch.Generator().manual_seed(0)
-    vo = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
-    vp = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
+    vo = (torch.rand(batch, 3, 1, h, w, generator=g) * 2 - 1).to(device)
+    vp = (torch.rand(batch, 3, 1, h, w, generator=g) * 2 - 1).to(device)
     idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+    device_type = torch.device(device).type
 
     def loss_fn():
-        with autocast(mode):
+        with autocast(mode, device_type):
             loss, _ = model.training_loss(
                 vo, vp, idx_o, idx_p, sched, generator=torch.Generator().manual_seed(1)
             )
@@ -70,11 +77,11 @@ def training_step_parts(
     return model, opt, loss_fn
 
 
-def autocast(mode: str):
+def autocast(mode: str, device_type: str = "cpu"):
     """bf16 autocast for the bf16 modes (weight-cast cache on, as measured so far)."""
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
 
 
 def add_reference_ratios(row: dict, peak: dict | None) -> dict:

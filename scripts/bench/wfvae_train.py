@@ -54,44 +54,114 @@ def _measure(step, name: str, frames: int, size: int, mode: str, what: str, repe
     }
 
 
-def ours_train_case(name: str, frames: int, size: int, mode: str, threads: int, repeats: int):
-    """Our full-recipe step (generator + discriminator), in a fresh process."""
+def full_recipe_step(
+    net_kwargs: dict,
+    frames: int,
+    size: int | tuple[int, int],
+    mode: str,
+    device: str = "cpu",
+    batch: int = 1,
+    gan: bool = True,
+):
+    """Our VAE-GAN training step on a fixed clip ``[batch, 3, frames, H, W]`` (seed 0):
+    ``(model, step)``. ``step()``: generator forward with a posterior sample, every loss term
+    (L1, KL, wavelet and, with ``gan``, the 3D PatchGAN's generator term with the adaptive
+    weight), backward, clipping, AdamW; then, with ``gan``, the discriminator step. Mode fp32 |
+    bf16_cl (bf16 autocast, channels-last model and input)."""
     import torch
 
     from wfvae.discriminator import PatchDiscriminator3D
     from wfvae.losses import WFVAELoss
-    from wfvae.model import WFVAE, wfvae_config
+    from wfvae.model import WFVAE
 
-    set_threads(threads)
+    h, w = (size, size) if isinstance(size, int) else size
+    device_type = torch.device(device).type
     torch.manual_seed(0)
-    model = WFVAE(**wfvae_config(name)).train()
-    disc = PatchDiscriminator3D(in_channels=3, ndf=64, n_layers=4, norm="batch")
+    model = WFVAE(**net_kwargs).train().to(device)
+    disc = PatchDiscriminator3D(in_channels=3, ndf=64, n_layers=4, norm="batch").to(device)
     loss = WFVAELoss(
-        perceptual_weight=0.0, lpips_weights=None, disc=disc, disc_start=0, wavelet_weight=0.1
-    )
-    x = torch.rand(1, 3, frames, size, size) * 2 - 1
+        perceptual_weight=0.0,
+        lpips_weights=None,
+        disc=disc if gan else None,
+        disc_start=0,
+        wavelet_weight=0.1,
+    ).to(device)
+    x = (torch.rand(batch, 3, frames, h, w) * 2 - 1).to(device)
     if mode.endswith("_cl"):
         model = model.to(memory_format=torch.channels_last_3d)
         disc = disc.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     opt_g = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
+    bf16 = mode != "fp32"
 
     def step():
-        with bf16_autocast(mode != "fp32"):
+        with bf16_autocast(bf16, device_type):
             out = model(x, sample_posterior=True)
-            g_loss, _ = loss.generator_loss(x, out, 1, last_layer=model.get_last_layer())
+            last = model.get_last_layer() if gan else None
+            g_loss, _ = loss.generator_loss(x, out, 1, last_layer=last)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt_g.step()
-        with bf16_autocast(mode != "fp32"):
+        if not gan:
+            return
+        with bf16_autocast(bf16, device_type):
             d_loss, _ = loss.discriminator_loss(x, out.recon.detach(), 1)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
         opt_d.step()
 
+    return model, step
+
+
+def reference_step(
+    repo: str,
+    net_kwargs: dict,
+    frames: int,
+    size: int,
+    mode: str,
+    device: str = "cpu",
+    batch: int = 1,
+):
+    """The published model's training step (forward with a posterior sample, L1 + KL, backward,
+    AdamW) on a fixed clip: ``(model, step)``. bf16 modes: the same autocast as ours, in the
+    reference's own memory layout (it holds 2D conv weights, which channels_last_3d refuses).
+    The reference prints shapes on every call: callers keep stdout clean."""
+    import torch
+
+    sys.path.insert(0, repo)
+    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
+
+    from wfvae.reference import reference_config
+
+    device_type = torch.device(device).type
+    torch.manual_seed(0)
+    model = WFVAEModel(**reference_config(net_kwargs)).train().to(device)
+    x = (torch.rand(batch, 3, frames, size, size) * 2 - 1).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+    def step():
+        model.temporal_size = None  # the reference locks the first length it sees
+        with bf16_autocast(mode != "fp32", device_type):
+            out = model(x, sample_posterior=True)
+            rec = (out.sample.float() - x).abs().mean()
+            kl = out.latent_dist.kl().mean()
+            total = rec + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+
+    return model, step
+
+
+def ours_train_case(name: str, frames: int, size: int, mode: str, threads: int, repeats: int):
+    """Our full-recipe step (generator + discriminator), in a fresh process."""
+    from wfvae.model import wfvae_config
+
+    set_threads(threads)
+    _, step = full_recipe_step(wfvae_config(name), frames, size, mode)
     what = "ours (full recipe: generator + discriminator)"
     return _measure(step, name, frames, size, mode, what, repeats)
 
@@ -131,36 +201,12 @@ def reference_train_case(
     import contextlib
     import io
 
-    import torch
-
-    sys.path.insert(0, repo)
-    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
-
     from wfvae.model import wfvae_config
-    from wfvae.reference import reference_config
 
     set_threads(threads)
-    torch.manual_seed(0)
-    model = WFVAEModel(**reference_config(wfvae_config(name))).train()
-    # bf16_cl: the reference under the same autocast, in its own layout (it holds 2D conv
-    # weights, which channels_last_3d refuses).
-    x = torch.rand(1, 3, frames, size, size) * 2 - 1
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-
-    def step():
-        model.temporal_size = None  # the reference locks the first length it sees
-        with bf16_autocast(mode != "fp32"):
-            out = model(x, sample_posterior=True)
-            rec = (out.sample.float() - x).abs().mean()
-            kl = out.latent_dist.kl().mean()
-            total = rec + 1e-6 * kl
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-
-    # The reference prints shapes on every call: keep stdout JSON only.
     what = "reference (forward + L1 + KL backward + AdamW)"
     with contextlib.redirect_stdout(io.StringIO()):
+        _, step = reference_step(repo, wfvae_config(name), frames, size, mode)
         return _measure(step, name, frames, size, mode, what, repeats)
 
 
