@@ -80,7 +80,8 @@ H200 SXM and the largest batch that fits, from a meta-device simulation of each 
 bytes moved, kernels, host syncs, peak live memory) and the datasheet figures in
 scripts/bench/references.json; the assumptions are in scripts/bench/gpu_paper.py.
 
-On a GPU (only when named; needs CUDA, about 5 minutes on one H200; --gpu-device cpu
+On a GPU (only when named; needs CUDA; on one H200 the cases up to the compiled ones took 400 s,
+each compiled case about 160 s more, so raise --gpu-budget-s for all of them; --gpu-device cpu
 --gpu-quick runs the same code path on tiny sizes, for the tests):
 
     python scripts/benchmark.py --only gpu --repeats 5 --out DIR --reference-wfvae /path/to/WF-VAE
@@ -284,6 +285,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=480.0,
         help="gpu section: cases that would start after this many seconds are skipped",
+    )
+    g.add_argument(
+        "--gpu-groups",
+        nargs="+",
+        default=None,
+        choices=["check", "stdiff_train", "wfvae_train", "wfvae_infer", "stdiff_compile"],
+        help="gpu section: only these groups of cases (the ceilings always run)",
     )
     return p.parse_args(argv)
 

@@ -2,9 +2,11 @@
 
     python scripts/benchmark.py --only gpu --out DIR [--reference-wfvae DIR]
     python scripts/benchmark.py --only gpu --gpu-device cpu --gpu-quick   # smoke run, no GPU
+    python scripts/benchmark.py --only gpu --gpu-groups wfvae_infer stdiff_compile   # a subset
 
 What it measures, in this order (each case is independent: one that fails is recorded with its
-error and the run goes on; ``--gpu-budget-s`` skips the cases that would start after it):
+error and the run goes on; ``--gpu-budget-s`` skips the cases that would start after it;
+``--gpu-groups`` runs only the named groups, after the ceilings):
 
 1. ceilings, measured in the same run: a bf16 and a TF32 / plain fp32 matrix product (8192^3),
    one large Conv3d (384 -> 384, 3^3, 4 x 9 x 64^2; bf16 channels-last and fp32 with cuDNN's
@@ -28,8 +30,9 @@ error and the run goes on; ``--gpu-budget-s`` skips the cases that would start a
 Every row: median step time over ``--repeats`` timed calls after warm-ups (each call ends with a
 device sync: the STDiff steps sync on the host anyway, for the SDE's time grid), FLOPs of one
 call (FlopCounterMode; on CUDA it counts the flash / memory-efficient attention kernels too),
-achieved TFLOP/s and its fraction of the measured bf16 matmul / conv peak of the row's
-precision, peak memory (``torch.cuda.max_memory_allocated`` over the timed calls) and samples
+achieved TFLOP/s and its fraction of the measured matmul / conv peak of the row's precision
+(fp32 rows against the TF32 matmul: PyTorch's default lets cuDNN run fp32 convolutions on TF32;
+the fp32 conv ceiling runs the same way), peak memory (``torch.cuda.max_memory_allocated`` over the timed calls) and samples
 per second. ``cudnn.benchmark`` is on (fixed shapes, as configs/trainer/gpu.yaml). The JSON is
 also written to ``<--out>/gpu.json`` after every case, so a run cut short keeps what it
 measured.
@@ -135,11 +138,21 @@ def measure(
     row["gflop"] = flops / 1e9
     row["tflops"] = flops / row["time_s"] / 1e12
     key = "bf16" if precision.startswith("bf16") else "fp32"
+    if key == "fp32" and ceil.get("matmul_tf32_tflops") and _cudnn_tf32():
+        key = "tf32"  # PyTorch's default lets cuDNN run fp32 convolutions on TF32 tensor cores
     if ceil.get(f"matmul_{key}_tflops"):
         row["fraction_of_matmul_peak"] = row["tflops"] / ceil[f"matmul_{key}_tflops"]
-    if ceil.get(f"conv_{key}_tflops"):
-        row["fraction_of_conv_peak"] = row["tflops"] / ceil[f"conv_{key}_tflops"]
+    conv_key = "bf16" if key == "bf16" else "fp32"  # the fp32 conv ceiling ran under TF32 too
+    if ceil.get(f"conv_{conv_key}_tflops"):
+        row["fraction_of_conv_peak"] = row["tflops"] / ceil[f"conv_{conv_key}_tflops"]
+    row["peak_key"] = key
     return row
+
+
+def _cudnn_tf32() -> bool:
+    import torch
+
+    return bool(torch.backends.cudnn.allow_tf32)
 
 
 def free(device: str) -> None:
@@ -462,6 +475,12 @@ def wfvae_infer_case(
 
 
 # ------------------------------------------------------------------------------------ run
+def _label(fn: Callable[..., dict], args: tuple) -> str:
+    """A case's name for its error record: the function and its arguments but the ceilings."""
+    shown = ", ".join(repr(x) for x in args if not isinstance(x, dict))
+    return f"{fn.__name__}({shown})"
+
+
 def machine(device: str) -> dict:
     import torch
 
@@ -575,7 +594,7 @@ def run(ctx: Context) -> dict:
     def guarded(group: str, fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict | None:
         if time.perf_counter() - t_start > a.gpu_budget_s:
             result["gpu_errors"].append(
-                {"group": group, "args": repr(args), "error": "skipped: budget"}
+                {"group": group, "case": _label(fn, args), "error": "skipped: budget"}
             )
             return None
         try:
@@ -584,7 +603,7 @@ def run(ctx: Context) -> dict:
             result["gpu_errors"].append(
                 {
                     "group": group,
-                    "args": repr(args),
+                    "case": _label(fn, args),
                     "error": repr(exc),
                     "trace": traceback.format_exc(),
                 }
@@ -598,9 +617,15 @@ def run(ctx: Context) -> dict:
     result["gpu_ceilings"] = guarded("ceilings", ceilings, device, sizes, a.repeats) or {}
     ceil = result["gpu_ceilings"]
     # On the CPU (a smoke run) the checks compare the CPU with itself: the code path only.
-    checks = (guarded("check", check_wfvae, device, sizes), guarded("check", check_stdiff, device))
-    result["gpu_checks"] = [r for r in checks if r]
+    if not a.gpu_groups or "check" in a.gpu_groups:
+        checks = (
+            guarded("check", check_wfvae, device, sizes),
+            guarded("check", check_stdiff, device),
+        )
+        result["gpu_checks"] = [r for r in checks if r]
     for group, fn, args, kwargs in plan(a, sizes):
+        if a.gpu_groups and group not in a.gpu_groups:
+            continue
         row = guarded(group, fn, device, ceil, a.repeats, *args, **kwargs)
         if row:
             result["gpu_rows"].append(row)

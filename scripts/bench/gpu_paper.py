@@ -42,8 +42,12 @@ Assumptions (``ASSUMPTIONS``, echoed in the output):
   FP32 peak (non-tensor-core SIMT GEMM kernels).
 - bandwidth_fraction 0.75 of the HBM peak for unfused elementwise / small-conv kernels (STREAM
   -like copies reach ~0.9).
-- launch_us 8 us of host time per kernel (eager PyTorch on a server CPU; 4-5 us for the CUDA
-  launch alone), so launch-bound steps would gain from CUDA graphs / torch.compile.
+- launch_us 30 us of host time per kernel: eager PyTorch's Python, dispatcher and launch per
+  op, as measured on one H200 machine (``--only gpu``, 2026-12-04; docs/benchmarks/): the
+  host-bound steps took 29-39 us a simulated kernel (STDiff reduced 30 / 39 us without / with the
+  SDE adjoint, kitti_range bf16 batch 1 34 us, the WF-VAE flagship 29 us). The first estimate,
+  8 us (the CUDA launch alone is 4-5 us), put those steps 3-4x too fast. Launch-bound steps
+  gain from larger batches, CUDA graphs or torch.compile.
 - headroom 10 % of the memory for fragmentation and cuDNN workspaces; reserved 1.5 GB for the
   CUDA context and library handles; memory = the datasheet's GB (1e9 bytes).
 """
@@ -70,7 +74,7 @@ REPO = Path(__file__).resolve().parents[2]
 ASSUMPTIONS: dict[str, Any] = {
     "compute_fraction": {"bf16": 0.4, "tf32": 0.4, "fp32": 0.7},
     "bandwidth_fraction": 0.75,
-    "launch_us": 8.0,
+    "launch_us": 30.0,
     "sync_us": 15.0,
     "headroom": 0.10,
     "reserved_gb": 1.5,
