@@ -212,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stdiff-modes",
         nargs="+",
         default=["fp32", "bf16_cl"],
-        help="fp32 | fp32_cl | bf16 | bf16_cl (_cl: channels-last model and input)",
+        help="fp32 | fp32_cl | bf16 | bf16_cl | bf16sde_cl (_cl: channels-last model and input; "
+        "bf16sde: the SDE's drift / diffusion nets in bf16 too, opt-in)",
     )
     g = p.add_argument_group("scaling")
     g.add_argument(
@@ -305,6 +306,8 @@ def machine(threads: int) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        # A preloaded allocator (tcmalloc / jemalloc) changes CPU step times by up to 10 %.
+        "ld_preload": os.environ.get("LD_PRELOAD"),
         "loadavg_at_start": os.getloadavg(),
     }
 

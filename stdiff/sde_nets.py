@@ -83,18 +83,43 @@ class MotionSDE(nn.Module):
         self.drift = DriftNet(channels, n_layers, nonlinearity)
         self.diffusion = DiffusionNet(channels, n_layers, nonlinearity) if sde else None
 
-    def flat(self, state_shape: tuple[int, int, int], drift_only: bool = False) -> FlatMotionSDE:
-        """torchsde's view for states of shape ``(M, h, w)``; ``drift_only`` zeroes the diffusion."""
-        return FlatMotionSDE(self, state_shape, drift_only)
+    def flat(
+        self,
+        state_shape: tuple[int, int, int],
+        drift_only: bool = False,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> FlatMotionSDE:
+        """torchsde's view for states of shape ``(M, h, w)``; ``drift_only`` zeroes the diffusion;
+        ``compute_dtype`` bfloat16 evaluates the nets under bf16 autocast (see FlatMotionSDE)."""
+        return FlatMotionSDE(self, state_shape, drift_only, compute_dtype)
 
 
 class FlatMotionSDE(nn.Module):
     """``f(t, y)``, ``g(t, y)`` on the flat state ``y [N, M*h*w]`` (``(M, h, w)`` row-major) for
     one integration. A separate object per call: torchsde's adjoint calls f and g again in
-    backward, so shape and drift-only flag must not be shared mutable state of the model."""
+    backward, so shape and drift-only flag must not be shared mutable state of the model.
 
-    def __init__(self, sde: MotionSDE, state_shape: tuple[int, int, int], drift_only: bool) -> None:
+    ``compute_dtype`` bfloat16: the drift and diffusion nets run under bf16 autocast (their
+    convs in bf16, 5-7x faster on CPUs with bf16 units at the kitti_range state, 256 x 16 x 128),
+    in the forward solve and in the adjoint's; the state, the Brownian increments and the
+    solver's sums stay float32, as weights and optimiser state do in mixed-precision training.
+    float32 (the default) is the published arithmetic.
+    """
+
+    def __init__(
+        self,
+        sde: MotionSDE,
+        state_shape: tuple[int, int, int],
+        drift_only: bool,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
+        if compute_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(
+                f"FlatMotionSDE: compute_dtype must be torch.float32 or torch.bfloat16, got "
+                f"{compute_dtype}"
+            )
+        self.compute_dtype = compute_dtype
         self.sde = sde
         self.noise_type = sde.noise_type
         self.sde_type = sde.sde_type
@@ -109,16 +134,24 @@ class FlatMotionSDE(nn.Module):
         x = y.view(y.shape[0], *self.state_shape).to(net.convs[0].weight.dtype)
         return x.contiguous(memory_format=torch.channels_last)
 
+    def _autocast(self, y: Tensor):
+        """bf16 autocast around a net evaluation when ``compute_dtype`` is bfloat16; else off
+        (the caller's autocast never reaches the SDE: TDE.integrate turns it off)."""
+        bf16 = self.compute_dtype == torch.bfloat16
+        return torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=bf16)
+
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         """Drift; ``t`` is ignored (autonomous)."""
-        return self.sde.drift(self._unflat(y, self.sde.drift)).flatten(1).to(y.dtype)
+        with self._autocast(y):
+            return self.sde.drift(self._unflat(y, self.sde.drift)).flatten(1).to(y.dtype)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         """Diagonal diffusion; zeros in ODE / drift-only mode."""
         if self.drift_only:
             return torch.zeros_like(y)
         net = self.sde.diffusion
-        return net(self._unflat(y, net)).flatten(1).to(y.dtype)
+        with self._autocast(y):
+            return net(self._unflat(y, net)).flatten(1).to(y.dtype)
 
     def f_and_g(self, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Drift and diffusion at the same state, both nets in one pass: their first convs
@@ -128,6 +161,10 @@ class FlatMotionSDE(nn.Module):
         evaluations take this path."""
         if self.drift_only:
             return self.f(t, y), torch.zeros_like(y)
+        with self._autocast(y):
+            return self._f_and_g(y)
+
+    def _f_and_g(self, y: Tensor) -> tuple[Tensor, Tensor]:
         drift, diffusion = self.sde.drift, self.sde.diffusion
         x = self._unflat(y, drift)
         pairs = list(zip(drift.convs, diffusion.convs))

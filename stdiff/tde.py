@@ -44,7 +44,9 @@ class TemporalDynamicsEncoder(nn.Module):
     adjoint ``adjoint_reversible_heun``). ``sde=False`` builds no diffusion net and integrates
     the drift alone (torchsde with zero diffusion). ``ode_between_observations`` (off in the
     published model, which ignores ``idx_o``) advances the ConvGRU state with the drift between
-    consecutive observation times before each update.
+    consecutive observation times before each update. ``sde_compute_dtype`` "bfloat16" runs the
+    drift / diffusion nets under bf16 autocast, the state and solver in float32 (opt-in; the
+    published arithmetic is "float32").
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class TemporalDynamicsEncoder(nn.Module):
         adjoint: bool = True,
         adjoint_method: str | None = None,
         ode_between_observations: bool = False,
+        sde_compute_dtype: str = "float32",
     ) -> None:
         super().__init__()
         if method not in _METHODS:
@@ -83,6 +86,10 @@ class TemporalDynamicsEncoder(nn.Module):
             )
         if dt <= 0:
             raise ValueError(f"TDE: dt must be > 0, got {dt}")
+        if sde_compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"TDE: sde_compute_dtype must be 'float32' or 'bfloat16', got {sde_compute_dtype!r}"
+            )
         self.motion_encoder = MotionEncoder(in_channels, model_channels, n_downs, learn_diff_image)
         m = self.motion_encoder.out_channels
         self.motion_channels = m
@@ -98,6 +105,7 @@ class TemporalDynamicsEncoder(nn.Module):
         self.adjoint = adjoint
         self.adjoint_method = adjoint_method
         self.ode_between_observations = ode_between_observations
+        self.sde_compute_dtype = getattr(torch, sde_compute_dtype)
 
     # ------------------------------------------------------------------ context
     def context_encode(self, Vo: Tensor, idx_o: Tensor) -> Tensor:
@@ -165,7 +173,7 @@ class TemporalDynamicsEncoder(nn.Module):
                 f"TDE: Brownian motion shape {tuple(bm.shape)} != state shape {tuple(state.shape)}"
             )
         drift_only = drift_only or not self.sde
-        sde = self.motion_sde.flat(tuple(y0.shape[1:]), drift_only)
+        sde = self.motion_sde.flat(tuple(y0.shape[1:]), drift_only, self.sde_compute_dtype)
         kwargs = dict(
             method=self.method,
             dt=self.dt,

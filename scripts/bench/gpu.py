@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bench.harness import Context, bf16_autocast, emit
+from scripts.bench.wfvae import inference_call
 
 #: The cases' sizes: full (on a GPU) and quick (a CPU smoke run of the same code path).
 SIZES = {
@@ -321,11 +322,12 @@ def stdiff_case(
     """One STDiff training step (the ``stdiff_train`` step) at ``batch``."""
     import torch
 
-    from scripts.bench.stdiff import training_step_parts
+    from scripts.bench.stdiff import train_step, training_step_parts
 
     model, opt, loss_fn = training_step_parts(
         config, mode, adjoint, checkpointing, device=device, batch=batch
     )
+    step = train_step(model, opt, loss_fn)
     row: dict[str, Any] = {
         "model": f"stdiff_{config}",
         "mode": mode,
@@ -334,14 +336,6 @@ def stdiff_case(
         "gradient_checkpointing": checkpointing,
         "compiled_unet": compiled,
     }
-
-    def step():
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
     flops = None
     if compiled:
         # FLOPs of the eager step (a dispatch mode around the compiled one would recompile).
@@ -451,21 +445,7 @@ def wfvae_infer_case(
         return {"implementation": "reference", "op": op, "mode": mode, **row}
 
     model = WFVAE(**wfvae_config("wfvae_l_16ch")).eval().to(device)
-    with torch.no_grad():
-        z = model.encode(x).posterior.mode()
-    if mode.endswith("_cl"):
-        model = model.to(memory_format=torch.channels_last_3d)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        z = z.contiguous(memory_format=torch.channels_last_3d)
-    if mode == "bf16w_cl":
-        model, x, z = model.to(torch.bfloat16), x.to(torch.bfloat16), z.to(torch.bfloat16)
-
-    def run_ours():
-        with torch.no_grad(), bf16_autocast(mode == "bf16_cl", dt):
-            if op == "encode":
-                return model.encode(x).posterior.mode()
-            return model.decode(z).video
-
+    run_ours = inference_call(model, x, op, mode)
     return {
         "implementation": "ours",
         "op": op,

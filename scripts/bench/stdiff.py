@@ -1,7 +1,8 @@
 """What the STDiff sections share: the named configurations, their frame sizes, the autocast
 of a mode, the conv peak per thread count and the ratios to the published code's figures.
 
-Modes: fp32 | fp32_cl | bf16 | bf16_cl (_cl: channels-last model and input). Sizes (H, W):
+Modes: fp32 | fp32_cl | bf16 | bf16_cl | bf16sde_cl (_cl: channels-last model and input;
+bf16sde: the SDE's drift / diffusion nets in bf16 too, TDE ``sde_compute_dtype``). Sizes (H, W):
 reduced 64 x 128, kitti_range 64 x 512, tiny 16 x 32.
 """
 
@@ -30,7 +31,11 @@ def stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: bo
     from stdiff import STDiff, stdiff_config
 
     torch.manual_seed(0)
-    model = STDiff(**stdiff_config(config, tde={"adjoint": adjoint}))
+    # bf16sde_cl: bf16_cl with the SDE's nets under bf16 autocast too (TDE sde_compute_dtype).
+    sde_dtype = "bfloat16" if mode.startswith("bf16sde") else "float32"
+    model = STDiff(
+        **stdiff_config(config, tde={"adjoint": adjoint, "sde_compute_dtype": sde_dtype})
+    )
     model.unet.set_gradient_checkpointing(checkpointing)
     if mode.endswith("_cl"):
         model = model.to_channels_last()
@@ -75,6 +80,21 @@ def training_step_parts(
         return loss
 
     return model, opt, loss_fn
+
+
+def train_step(model, opt, loss_fn):
+    """The benchmarked step from :func:`training_step_parts`' pieces: loss, zero_grad,
+    backward, gradient clipping at 1.0, AdamW."""
+    import torch
+
+    def step() -> None:
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return step
 
 
 def autocast(mode: str, device_type: str = "cpu"):

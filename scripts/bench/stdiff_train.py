@@ -1,7 +1,8 @@
 """Sections ``stdiff_train`` and ``stdiff_kitti``: one STDiff training step (batch 1, 3 -> 3
 frames, AdamW) -- the reduced 64 x 128 configuration in every mode, SDE adjoint on (as the
 published code) and off; the kitti_range 64 x 512 one for time and peak RSS minus baseline
-(bf16 channels-last with and without gradient checkpointing, fp32 with it)."""
+(bf16 channels-last with and without gradient checkpointing, fp32 with it; and, when named,
+bf16sde_cl: the SDE's nets in bf16 too, adjoint on and off)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from scripts.bench.harness import (
 from scripts.bench.stdiff import (
     add_reference_ratios,
     stdiff_threads,
+    train_step,
     training_step_parts,
 )
 
@@ -34,18 +36,10 @@ def stdiff_train_case(
     """One training step, batch 1, 3 -> 3 frames (forward + backward + clip + AdamW), in a
     fresh process: time, FLOPs (FlopCounterMode on one more step), peak RSS of the timed steps
     and the same minus the process's RSS before the model was built."""
-    import torch
-
     set_threads(threads)
     baseline = rss_mb()
     model, opt, loss_fn = training_step_parts(config, mode, adjoint, checkpointing)
-
-    def step():
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    step = train_step(model, opt, loss_fn)
 
     # The warm-up step also allocates AdamW's state: the timed step's peak is the steady one
     # (activations + weights + gradients + optimiser state). FLOPs are counted last:
@@ -82,14 +76,33 @@ def run_reduced(ctx: Context) -> dict:
     return {"stdiff_train_reduced": rows}
 
 
+#: kitti_range cases: (mode, SDE adjoint, gradient checkpointing), run when the mode is in
+#: --stdiff-modes. bf16sde_cl (the SDE's nets in bf16 too) is opt-in: name it.
+KITTI_CASES = (
+    ("bf16_cl", True, False),
+    ("bf16_cl", True, True),
+    ("fp32", True, True),
+    ("bf16sde_cl", True, False),
+    ("bf16sde_cl", True, True),
+    ("bf16sde_cl", False, False),
+    ("bf16sde_cl", False, True),
+)
+
+
 def run_kitti(ctx: Context) -> dict:
     rows = []
     n = stdiff_threads(ctx)[0]
-    for mode, checkpointing in (("bf16_cl", False), ("bf16_cl", True), ("fp32", True)):
+    for mode, adjoint, checkpointing in KITTI_CASES:
         if mode not in ctx.args.stdiff_modes:
             continue
         r = in_process(
-            stdiff_train_case, "kitti_range", mode, n, 1, adjoint=True, checkpointing=checkpointing
+            stdiff_train_case,
+            "kitti_range",
+            mode,
+            n,
+            1,
+            adjoint=adjoint,
+            checkpointing=checkpointing,
         )
         rows.append(emit(add_reference_ratios(r, ctx.stdiff_peaks[n])))
     return {"stdiff_train_kitti_range": rows}

@@ -37,6 +37,30 @@ def build_wfvae(name: str):
     return WFVAE(**wfvae_config(name)).eval()
 
 
+def inference_call(model, x, op: str, mode: str, chunk: int | None = None):
+    """``run()`` that encodes ``x`` ``[B, 3, T, H, W]`` or decodes its latent (made here, in
+    fp32, before the layout / dtype change) with ``model`` in ``mode``: fp32 | bf16_cl (bf16
+    autocast, channels-last) | bf16w_cl (bf16 weights and input, channels-last)."""
+    import torch
+
+    with torch.no_grad():
+        z = model.encode(x).posterior.mode()
+    if mode.endswith("_cl"):
+        model = model.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        z = z.contiguous(memory_format=torch.channels_last_3d)
+    if mode == "bf16w_cl":
+        model, x, z = model.to(torch.bfloat16), x.to(torch.bfloat16), z.to(torch.bfloat16)
+
+    def run():
+        with torch.no_grad(), bf16_autocast(mode == "bf16_cl", x.device.type):
+            if op == "encode":
+                return model.encode(x, chunk_size=chunk).posterior.mode()
+            return model.decode(z, chunk_size=chunk).video
+
+    return run
+
+
 def wfvae_case(
     name: str,
     frames: int,
@@ -60,20 +84,7 @@ def wfvae_case(
     set_threads(threads)
     model = build_wfvae(name)
     x = torch.rand(1, 3, frames, size, size) * 2 - 1
-    with torch.no_grad():
-        z = model.encode(x).posterior.mode()
-    if mode.endswith("_cl"):
-        model = model.to(memory_format=torch.channels_last_3d)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        z = z.contiguous(memory_format=torch.channels_last_3d)
-    if mode == "bf16w_cl":
-        model, x, z = model.to(torch.bfloat16), x.to(torch.bfloat16), z.to(torch.bfloat16)
-
-    def run():
-        with torch.no_grad(), bf16_autocast(mode == "bf16_cl"):
-            if op == "encode":
-                return model.encode(x, chunk_size=chunk).posterior.mode()
-            return model.decode(z, chunk_size=chunk).video
+    run = inference_call(model, x, op, mode, chunk)
 
     base = start_peak_window()
     seconds = timeit(run, repeats)
