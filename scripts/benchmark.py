@@ -27,7 +27,8 @@ step time and peak RSS minus baseline (bf16 channels-last with and without gradi
 checkpointing, fp32 with it); stdiff_unet: one kitti_range UNet evaluation per frame (the
 first of a frame and one with the SPADE modulation cached); stdiff_quality: bf16 against fp32;
 stdiff_truncation: frame-truncation speed (reduced; its quality cost on briefly-trained tiny
-models is an experiment: scripts/truncation_study.py).
+models is an experiment: scripts/truncation_study.py); stdiff_sde: the TDE alone at the
+kitti_range size with the SDE's nets in fp32 and in bf16, and bf16's numerical cost.
 
 On a shared machine, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning (without
 it, 2-thread runs slowed down many times when other processes took a core); the load average
@@ -117,6 +118,7 @@ from scripts.bench import (  # noqa: E402
     scaling,
     stdiff,
     stdiff_quality,
+    stdiff_sde,
     stdiff_train,
     stdiff_truncation,
     stdiff_unet,
@@ -152,6 +154,7 @@ STDIFF_SECTIONS: dict[str, Section] = {
     "stdiff_unet": stdiff_unet.run,
     "stdiff_quality": stdiff_quality.run,
     "stdiff_truncation": stdiff_truncation.run,
+    "stdiff_sde": stdiff_sde.run,
 }
 #: Sections run only when named in --only, after the STDiff ones: growth with input size.
 SCALING_SECTIONS: dict[str, Section] = {"scaling": scaling.run, "wfvae_train": wfvae_train.run}

@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--adjoint", choices=["on", "off", "both"], default="both")
-    p.add_argument("--config", default="reduced", help="STDiff config (reduced | tiny)")
+    p.add_argument(
+        "--config", default="reduced", help="STDiff config (reduced | kitti_range | tiny)"
+    )
     p.add_argument(
         "--mode",
         default="fp32",

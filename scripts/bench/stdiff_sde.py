@@ -1,0 +1,94 @@
+"""Section ``stdiff_sde`` (only when named): the TDE alone (context encoding + the motion SDE,
+forward + backward) at the kitti_range size, with the SDE's nets in float32 (the published
+arithmetic) and in bf16 (``sde_compute_dtype: bfloat16``), SDE adjoint on and off; and what
+bf16 costs numerically: the motion path and the SDE nets' gradient against all-fp32.
+
+Time: bf16 channels-last model under bf16 autocast (the bf16_cl / bf16sde_cl modes), one
+warm-up call, best of ``--repeats``. Numerics: random SDE weights (the published init zeroes
+the nets' last convs, which would hide any difference), the same context and Brownian path,
+30 Euler-Heun steps from t = 2 to 5; relative L2 error of the path and of the gradient of its
+mean square, for bf16 autocast around the SDE's fp32 nets (what autocast alone changes: the
+context) and with the nets in bf16 too.
+"""
+
+from __future__ import annotations
+
+import os
+
+from scripts.bench.harness import Context, emit, in_process, set_threads, timeit
+from scripts.bench.stdiff import STDIFF_SIZES, stdiff_model, stdiff_threads
+
+
+def _inputs(config: str):
+    import torch
+
+    h, w = STDIFF_SIZES[config]
+    vo = torch.rand(1, 3, 1, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return vo, torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+
+
+def tde_time_case(config: str, mode: str, adjoint: bool, threads: int, repeats: int) -> dict:
+    """TDE forward + backward (a mean-square loss on the motion) in a fresh process."""
+    import torch
+
+    set_threads(threads)
+    model = stdiff_model(config, mode, adjoint=adjoint)
+    vo, idx_o, idx_p = _inputs(config)
+
+    def call():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m = model.tde(vo, idx_o, idx_p, generator=torch.Generator().manual_seed(1))
+        m.float().square().mean().backward()
+
+    return {
+        "config": config,
+        "mode": mode,
+        "adjoint": adjoint,
+        "tde_forward_backward_s": timeit(call, repeats),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def tde_numerics_case(config: str, threads: int) -> dict:
+    """Relative errors of the motion path and gradient against all-fp32 (see the docstring)."""
+    import torch
+
+    set_threads(threads)
+    vo, idx_o, _ = _inputs(config)
+    ts = torch.tensor([2.0, 3.0, 4.0, 5.0])
+    runs = {}
+    for mode in ("fp32", "bf16_cl", "bf16sde_cl"):
+        model = stdiff_model(config, mode, adjoint=False)
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for p in model.tde.motion_sde.parameters():
+                scale = p[0].numel() ** -0.5 if p.dim() > 1 else 0.1
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
+                context = model.tde.context_encode(vo, idx_o).float()
+        path = model.tde.integrate(context, ts, generator=torch.Generator().manual_seed(0))
+        path.square().mean().backward()
+        grad = torch.cat([p.grad.flatten() for p in model.tde.motion_sde.parameters()])
+        runs[mode] = (path.detach(), grad)
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    ref_path, ref_grad = runs["fp32"]
+    out = {"config": config, "solver_steps": 30}
+    for mode, name in (("bf16_cl", "autocast_fp32_sde"), ("bf16sde_cl", "bf16_sde")):
+        out[f"{name}_path_rel_err"] = rel(runs[mode][0], ref_path)
+        out[f"{name}_grad_rel_err"] = rel(runs[mode][1], ref_grad)
+    return out
+
+
+def run(ctx: Context) -> dict:
+    n = stdiff_threads(ctx)[0]
+    rows = []
+    for mode in ("bf16_cl", "bf16sde_cl"):
+        for adjoint in (True, False):
+            case = ("kitti_range", mode, adjoint, n, ctx.args.repeats)
+            rows.append(emit(in_process(tde_time_case, *case)))
+    numerics = emit(in_process(tde_numerics_case, "kitti_range", n))
+    return {"stdiff_sde": rows, "stdiff_sde_numerics": numerics}
