@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bench.harness import Context, bf16_autocast, emit
-from scripts.bench.wfvae import inference_call
+from scripts.bench.wfvae import build_reference_wfvae, inference_call, reference_inference_call
 
 #: The cases' sizes: full (on a GPU) and quick (a CPU smoke run of the same code path).
 SIZES = {
@@ -419,28 +419,12 @@ def wfvae_infer_case(
 
     from wfvae.model import WFVAE, wfvae_config
 
-    dt = torch.device(device).type
     torch.manual_seed(0)
     x = (torch.rand(1, 3, frames, size, size) * 2 - 1).to(device)
     if repo:
-        import sys
-
-        sys.path.insert(0, repo)
-        from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
-
-        from wfvae.reference import reference_config
-
-        ref = WFVAEModel(**reference_config(wfvae_config("wfvae_l_16ch"))).eval().to(device)
-
-        def run():
-            ref.temporal_size = None  # the reference locks the first length it sees
-            with torch.no_grad(), bf16_autocast(mode != "fp32", dt):
-                if op == "encode":
-                    return ref.encode(x).latent_dist.mode()
-                return ref.decode(z).sample
-
-        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-            z = ref.encode(x).latent_dist.mode()
+        ref = build_reference_wfvae(repo, wfvae_config("wfvae_l_16ch")).eval().to(device)
+        with contextlib.redirect_stdout(io.StringIO()):
+            run = reference_inference_call(ref, x, op, mode)
             row = measure(run, device, repeats, ceil, mode)
         return {"implementation": "reference", "op": op, "mode": mode, **row}
 

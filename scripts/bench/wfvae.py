@@ -61,6 +61,35 @@ def inference_call(model, x, op: str, mode: str, chunk: int | None = None):
     return run
 
 
+def build_reference_wfvae(repo: str, net_kwargs: dict):
+    """The published ``WFVAEModel`` (from the local checkout ``repo``, never part of this
+    project) with the architecture of our ``net_kwargs``; the caller seeds and sets the mode."""
+    sys.path.insert(0, repo)
+    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
+
+    from wfvae.reference import reference_config
+
+    return WFVAEModel(**reference_config(net_kwargs))
+
+
+def reference_inference_call(model, x, op: str, mode: str):
+    """As :func:`inference_call` for the published model (fp32 | bf16 autocast, its own memory
+    layout). The reference prints shapes on every call: callers keep stdout clean."""
+    import torch
+
+    with torch.no_grad():
+        z = model.encode(x).latent_dist.mode()
+
+    def run():
+        model.temporal_size = None  # the reference locks the first length it sees
+        with torch.no_grad(), bf16_autocast(mode != "fp32", x.device.type):
+            if op == "encode":
+                return model.encode(x).latent_dist.mode()
+            return model.decode(z).sample
+
+    return run
+
+
 def wfvae_case(
     name: str,
     frames: int,
@@ -127,28 +156,16 @@ def reference_wfvae_case(
 
     import torch
 
-    sys.path.insert(0, repo)
-    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
-
     from wfvae.model import wfvae_config
-    from wfvae.reference import reference_config
 
     set_threads(threads)
     torch.manual_seed(0)
-    model = WFVAEModel(**reference_config(wfvae_config(name))).eval()
+    model = build_reference_wfvae(repo, wfvae_config(name)).eval()
     x = torch.rand(1, 3, frames, size, size) * 2 - 1
-
-    def run():
-        model.temporal_size = None  # the reference locks the first length it sees
-        with torch.no_grad(), bf16_autocast(mode != "fp32"):
-            if op == "encode":
-                return model.encode(x).latent_dist.mode()
-            return model.decode(z).sample
 
     # The reference prints shapes and chunk choices on every call: keep stdout JSON only.
     with contextlib.redirect_stdout(io.StringIO()):
-        with torch.no_grad():
-            z = model.encode(x).latent_dist.mode()
+        run = reference_inference_call(model, x, op, mode)
         if tiled:
             model.enable_tiling()
         base = start_peak_window()

@@ -20,7 +20,6 @@ when the published code ran in the same run.
 from __future__ import annotations
 
 import os
-import sys
 
 from scripts.bench.harness import (
     Context,
@@ -131,14 +130,11 @@ def reference_step(
     The reference prints shapes on every call: callers keep stdout clean."""
     import torch
 
-    sys.path.insert(0, repo)
-    from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
-
-    from wfvae.reference import reference_config
+    from scripts.bench.wfvae import build_reference_wfvae
 
     device_type = torch.device(device).type
     torch.manual_seed(0)
-    model = WFVAEModel(**reference_config(net_kwargs)).train().to(device)
+    model = build_reference_wfvae(repo, net_kwargs).train().to(device)
     x = (torch.rand(batch, 3, frames, size, size) * 2 - 1).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
 
