@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stdiff.lean_norm import instance_norm_modulate
+
 
 def resize_motion(m: Tensor, size: tuple[int, int]) -> Tensor:
     """Nearest resize of ``m [B, M, h, w]`` to ``size`` (source index ``floor(dst * in / out)``)."""
@@ -77,5 +79,8 @@ class SPADE(nn.Module):
 
     def forward(self, h: Tensor, m: Tensor) -> Tensor:
         scale, shift = self.modulation(m, (h.shape[-2], h.shape[-1]))
+        if h.shape[-2] * h.shape[-1] >= GROUP_NORM_MIN_PIXELS:
+            # One autograd node keeping h, not its float32 copy and the normalised h.
+            return instance_norm_modulate(h, scale, shift, self.eps)
         normalized = instance_norm(h, self.eps)
         return torch.addcmul(shift, normalized, scale)  # promotes bf16 modulation to float32

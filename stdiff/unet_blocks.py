@@ -20,6 +20,7 @@ from diffusers.models.upsampling import Upsample2D
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from stdiff.lean_norm import group_norm_silu
 from stdiff.spade import SPADE
 
 #: ``processor(attention_block, q, k, v, (height, width)) -> out``; q, k, v, out
@@ -89,10 +90,10 @@ class ResnetBlock2D(nn.Module):
         self.output_scale_factor = output_scale_factor
 
     def forward(self, x: Tensor, temb: Tensor, m: Tensor) -> Tensor:
-        h = self.conv1(F.silu(group_norm(self.norm1, x)))
+        h = self.conv1(group_norm_silu(self.norm1, x))
         h = self.motion_cond_layer(h, m)
         h = h + self.time_emb_proj(temb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(group_norm(self.norm2, h))))
+        h = self.conv2(self.dropout(group_norm_silu(self.norm2, h)))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = skip + h
         if self.output_scale_factor != 1.0:

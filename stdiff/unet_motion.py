@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
+from stdiff.lean_norm import group_norm_silu
 from stdiff.spade import SPADE, resize_motion
 from stdiff.unet_blocks import (
     AttentionBlock,
@@ -28,7 +29,6 @@ from stdiff.unet_blocks import (
     DownBlock2D,
     UNetMidBlock2D,
     UpBlock2D,
-    group_norm,
 )
 
 _DOWN = {"DownBlock2D": DownBlock2D, "AttnDownBlock2D": AttnDownBlock2D}
@@ -266,4 +266,4 @@ class UNet2DMotionCond(nn.Module):
             res, skips = skips[-n:], skips[:-n]
             size = (skips[-1].shape[-2], skips[-1].shape[-1]) if skips else None
             x = block(x, res, temb, motion_at(x), upsample_size=size)
-        return self.conv_out(F.silu(group_norm(self.conv_norm_out, x)))
+        return self.conv_out(group_norm_silu(self.conv_norm_out, x))
