@@ -216,7 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=["fp32", "bf16_cl"],
         help="fp32 | fp32_cl | bf16 | bf16_cl | bf16sde_cl (_cl: channels-last model and input; "
-        "bf16sde: the SDE's drift / diffusion nets in bf16 too, opt-in)",
+        "bf16sde: the SDE's drift / diffusion nets in bf16 too, opt-in), each optionally with "
+        "@N: the SDE solve on N threads (e.g. bf16sde_cl@1)",
     )
     g = p.add_argument_group("scaling")
     g.add_argument(

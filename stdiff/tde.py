@@ -14,6 +14,7 @@ import torchsde
 from torch import Tensor, nn
 
 from stdiff.conv_gru import ConvGRUCell
+from stdiff.intra_op_threads import enter_in_backward, intra_op_threads, leave_in_backward
 from stdiff.motion_encoder import MotionEncoder
 from stdiff.sde_nets import MotionSDE
 
@@ -46,7 +47,9 @@ class TemporalDynamicsEncoder(nn.Module):
     published model, which ignores ``idx_o``) advances the ConvGRU state with the drift between
     consecutive observation times before each update. ``sde_compute_dtype`` "bfloat16" runs the
     drift / diffusion nets under bf16 autocast, the state and solver in float32 (opt-in; the
-    published arithmetic is "float32").
+    published arithmetic is "float32"). ``sde_threads`` runs the solve, forward and backward,
+    on that many intra-op threads (None: the process's setting); small states solve faster on
+    fewer threads (stdiff.intra_op_threads).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class TemporalDynamicsEncoder(nn.Module):
         adjoint_method: str | None = None,
         ode_between_observations: bool = False,
         sde_compute_dtype: str = "float32",
+        sde_threads: int | None = None,
     ) -> None:
         super().__init__()
         if method not in _METHODS:
@@ -86,6 +90,8 @@ class TemporalDynamicsEncoder(nn.Module):
             )
         if dt <= 0:
             raise ValueError(f"TDE: dt must be > 0, got {dt}")
+        if sde_threads is not None and (isinstance(sde_threads, bool) or int(sde_threads) < 1):
+            raise ValueError(f"TDE: sde_threads must be None or an int >= 1, got {sde_threads!r}")
         if sde_compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(
                 f"TDE: sde_compute_dtype must be 'float32' or 'bfloat16', got {sde_compute_dtype!r}"
@@ -106,6 +112,7 @@ class TemporalDynamicsEncoder(nn.Module):
         self.adjoint_method = adjoint_method
         self.ode_between_observations = ode_between_observations
         self.sde_compute_dtype = getattr(torch, sde_compute_dtype)
+        self.sde_threads = None if sde_threads is None else int(sde_threads)
 
     # ------------------------------------------------------------------ context
     def context_encode(self, Vo: Tensor, idx_o: Tensor) -> Tensor:
@@ -186,8 +193,11 @@ class TemporalDynamicsEncoder(nn.Module):
         # The SDE runs in fp32 even under bf16 autocast: its state and Brownian increments are
         # fp32, and its small nets gain little from bf16 while rounding accumulates over the
         # solver steps.
-        with torch.autocast(y0.device.type, enabled=False):
+        n = self.sde_threads
+        state = leave_in_backward(state, n)
+        with torch.autocast(y0.device.type, enabled=False), intra_op_threads(n):
             ys = self._solve(sde, state, ts, drift_only, kwargs)
+        ys = enter_in_backward(ys, n)
         return ys[1:].reshape(ts.numel() - 1, *y0.shape).to(y0.dtype)
 
     def _solve(self, sde, state: Tensor, ts: Tensor, drift_only: bool, kwargs: dict) -> Tensor:

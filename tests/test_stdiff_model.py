@@ -481,3 +481,64 @@ def test_sde_compute_dtype_bfloat16_runs_the_nets_in_bf16_around_an_fp32_state(a
 def test_sde_compute_dtype_is_checked():
     with pytest.raises(ValueError, match="sde_compute_dtype"):
         tiny(tde={"sde_compute_dtype": "float16"})
+
+
+class _ConvThreads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (forward or backward, weight shape, intra-op threads) of every convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[int, ...], int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.convolution:
+            self.calls.append(("fwd", tuple(args[1].shape), torch.get_num_threads()))
+        elif func.overloadpacket is torch.ops.aten.convolution_backward:
+            self.calls.append(("bwd", tuple(args[2].shape), torch.get_num_threads()))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_sde_threads_scope_the_solve_forward_and_backward(adjoint, input_grad):
+    """sde_threads=1 in a 2-thread process: every conv of the solve, forward and backward (the
+    adjoint's own solve included), runs on 1 thread, every conv around it on 2; the count is 2
+    again after backward, also when the SDE's input needs no gradient; the gradients are
+    those of the solve on the process's threads."""
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(1, 3, 4, 8, generator=g)
+        w_in = torch.randn(16, 3, 1, 1, generator=g, requires_grad=input_grad)
+        w_out = torch.randn(5, 16, 1, 1, generator=g, requires_grad=True)
+        ts = torch.tensor([2.0, 2.5, 3.0])
+        runs = {}
+        for n in (None, 1):
+            model = tiny(tde={"dt": 0.25, "adjoint": adjoint, "sde_threads": n})
+            seen = _ConvThreads()
+            with seen:
+                y0 = F.conv2d(x, w_in)
+                path = model.tde.integrate(y0, ts, generator=torch.Generator().manual_seed(0))
+                F.conv2d(path[-1], w_out).square().sum().backward()
+            assert torch.get_num_threads() == 2
+            params = [w_out, *model.tde.motion_sde.parameters()] + ([w_in] if input_grad else [])
+            runs[n] = ([p.grad.clone() for p in params], seen.calls)
+            for p in params:
+                p.grad = None
+        (g_all, calls_all), (g_one, calls_one) = runs[None], runs[1]
+        for a, b in zip(g_all, g_one):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        outside = {tuple(w_in.shape), tuple(w_out.shape)}
+        assert {t for _, _, t in calls_all} == {2}
+        assert {t for _, s, t in calls_one if s in outside} == {2}
+        sde = [(kind, t) for kind, s, t in calls_one if s not in outside]
+        assert {kind for kind, _ in sde} == {"fwd", "bwd"}
+        assert {t for _, t in sde} == {1}
+    finally:
+        torch.set_num_threads(outer)
+
+
+def test_sde_threads_is_checked():
+    with pytest.raises(ValueError, match="sde_threads"):
+        tiny(tde={"sde_threads": 0})

@@ -2,7 +2,8 @@
 of a mode, the conv peak per thread count and the ratios to the published code's figures.
 
 Modes: fp32 | fp32_cl | bf16 | bf16_cl | bf16sde_cl (_cl: channels-last model and input;
-bf16sde: the SDE's drift / diffusion nets in bf16 too, TDE ``sde_compute_dtype``). Sizes (H, W):
+bf16sde: the SDE's drift / diffusion nets in bf16 too, TDE ``sde_compute_dtype``), each
+optionally with ``@N``: the SDE solve on N intra-op threads (TDE ``sde_threads``). Sizes (H, W):
 reduced 64 x 128, kitti_range 64 x 512, tiny 16 x 32.
 """
 
@@ -25,17 +26,20 @@ def conv_peaks(ctx: Context) -> dict:
 
 
 def stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: bool = False):
-    """The named STDiff configuration (seed 0); mode fp32 | fp32_cl | bf16 | bf16_cl."""
+    """The named STDiff configuration (seed 0) in a mode of the module docstring."""
     import torch
 
     from stdiff import STDiff, stdiff_config
 
     torch.manual_seed(0)
+    mode, _, sde_threads = mode.partition("@")
     # bf16sde_cl: bf16_cl with the SDE's nets under bf16 autocast too (TDE sde_compute_dtype).
-    sde_dtype = "bfloat16" if mode.startswith("bf16sde") else "float32"
-    model = STDiff(
-        **stdiff_config(config, tde={"adjoint": adjoint, "sde_compute_dtype": sde_dtype})
-    )
+    tde = {
+        "adjoint": adjoint,
+        "sde_compute_dtype": "bfloat16" if mode.startswith("bf16sde") else "float32",
+        "sde_threads": int(sde_threads) if sde_threads else None,
+    }
+    model = STDiff(**stdiff_config(config, tde=tde))
     model.unet.set_gradient_checkpointing(checkpointing)
     if mode.endswith("_cl"):
         model = model.to_channels_last()

@@ -1,10 +1,11 @@
 """Section ``stdiff_sde`` (only when named): the TDE alone (context encoding + the motion SDE,
-forward + backward) at the kitti_range size, with the SDE's nets in float32 (the published
-arithmetic) and in bf16 (``sde_compute_dtype: bfloat16``), SDE adjoint on and off; and what
-bf16 costs numerically: the motion path and the SDE nets' gradient against all-fp32.
+forward + backward) at the kitti_range and reduced sizes, with the SDE's nets in float32 (the
+published arithmetic) and in bf16 (``sde_compute_dtype: bfloat16``), on the process's threads
+and on one (``@1``: ``sde_threads: 1``), SDE adjoint on and off; and what bf16 costs
+numerically: the motion path and the SDE nets' gradient against all-fp32.
 
-Time: bf16 channels-last model under bf16 autocast (the bf16_cl / bf16sde_cl modes), one
-warm-up call, best of ``--repeats``. Numerics: random SDE weights (the published init zeroes
+Time: channels-last model under the mode's autocast (bf16 for the bf16 modes), one warm-up
+call, best of ``--repeats``. Numerics: random SDE weights (the published init zeroes
 the nets' last convs, which would hide any difference), the same context and Brownian path,
 30 Euler-Heun steps from t = 2 to 5; relative L2 error of the path and of the gradient of its
 mean square, for bf16 autocast around the SDE's fp32 nets (what autocast alone changes: the
@@ -16,7 +17,18 @@ from __future__ import annotations
 import os
 
 from scripts.bench.harness import Context, emit, in_process, set_threads, timeit
-from scripts.bench.stdiff import STDIFF_SIZES, stdiff_model, stdiff_threads
+from scripts.bench.stdiff import STDIFF_SIZES, autocast, stdiff_model, stdiff_threads
+
+#: (config, mode) of the timed cases, each with the SDE adjoint on and off.
+TIME_CASES = (
+    ("kitti_range", "bf16_cl"),
+    ("kitti_range", "bf16sde_cl"),
+    ("kitti_range", "bf16sde_cl@1"),
+    ("reduced", "fp32_cl"),
+    ("reduced", "fp32_cl@1"),
+    ("reduced", "bf16sde_cl"),
+    ("reduced", "bf16sde_cl@1"),
+)
 
 
 def _inputs(config: str):
@@ -37,7 +49,7 @@ def tde_time_case(config: str, mode: str, adjoint: bool, threads: int, repeats: 
 
     def call():
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(mode):
             m = model.tde(vo, idx_o, idx_p, generator=torch.Generator().manual_seed(1))
         m.float().square().mean().backward()
 
@@ -86,9 +98,9 @@ def tde_numerics_case(config: str, threads: int) -> dict:
 def run(ctx: Context) -> dict:
     n = stdiff_threads(ctx)[0]
     rows = []
-    for mode in ("bf16_cl", "bf16sde_cl"):
+    for config, mode in TIME_CASES:
         for adjoint in (True, False):
-            case = ("kitti_range", mode, adjoint, n, ctx.args.repeats)
+            case = (config, mode, adjoint, n, ctx.args.repeats)
             rows.append(emit(in_process(tde_time_case, *case)))
     numerics = emit(in_process(tde_numerics_case, "kitti_range", n))
     return {"stdiff_sde": rows, "stdiff_sde_numerics": numerics}
