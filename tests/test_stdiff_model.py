@@ -542,3 +542,24 @@ def test_sde_threads_scope_the_solve_forward_and_backward(adjoint, input_grad):
 def test_sde_threads_is_checked():
     with pytest.raises(ValueError, match="sde_threads"):
         tiny(tde={"sde_threads": 0})
+
+
+@pytest.mark.parametrize(
+    ("tokens", "head_dim", "grad", "expected"),
+    [
+        (128, 32, True, torch.float32),  # narrow heads, few tokens, training: float32
+        (1024, 32, True, torch.bfloat16),  # many tokens: bf16's kernel is the faster one
+        (128, 64, True, torch.bfloat16),  # wide heads
+        (128, 32, False, torch.bfloat16),  # inference
+    ],
+)
+def test_training_attention_precision_under_autocast(tokens, head_dim, grad, expected):
+    from stdiff.unet_blocks import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, tokens, head_dim, generator=g).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
+        out = attention(q, k, v)
+    assert out.dtype == expected
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
