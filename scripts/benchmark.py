@@ -188,6 +188,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the published code in the same run, same architecture and input",
     )
     p.add_argument(
+        "--reference-stdiff",
+        default=None,
+        help="a checkout of the published STDiff code (anirudhp3010/STDiffproject, with its "
+        "CustomDiffusers): stdiff_train also times its reduced step in the same run "
+        "(scripts/bench/stdiff_reference.py)",
+    )
+    p.add_argument(
+        "--reference-stdiff-path",
+        nargs="*",
+        default=[],
+        help="folders put in front of sys.path for the published STDiff (huggingface_hub<0.26, "
+        "torchdiffeq)",
+    )
+    p.add_argument(
         "--only",
         nargs="+",
         default=None,

@@ -65,15 +65,36 @@ def stdiff_train_case(
 
 
 def run_reduced(ctx: Context) -> dict:
-    rows = []
+    """Every mode, SDE adjoint on and off; with ``--reference-stdiff``, the published step
+    first (same run, same threads) and every row's ``speedup_vs_published_same_run``."""
+    rows, published = [], []
     for n in stdiff_threads(ctx):
+        ref = None
+        if ctx.args.reference_stdiff:
+            from scripts.bench.stdiff_reference import reference_step_case
+
+            ref = emit(
+                in_process(
+                    reference_step_case,
+                    ctx.args.reference_stdiff,
+                    ctx.args.reference_stdiff_path,
+                    n,
+                    ctx.args.repeats,
+                )
+            )
+            published.append(ref)
         for mode in ctx.args.stdiff_modes:
             for adjoint in (True, False):
                 r = in_process(
                     stdiff_train_case, "reduced", mode, n, ctx.args.repeats, adjoint=adjoint
                 )
+                if ref is not None:
+                    r["speedup_vs_published_same_run"] = ref["time_s"] / r["time_s"]
                 rows.append(emit(add_reference_ratios(r, ctx.stdiff_peaks[n])))
-    return {"stdiff_train_reduced": rows}
+    out = {"stdiff_train_reduced": rows}
+    if published:
+        out["stdiff_train_reduced_published"] = published
+    return out
 
 
 #: kitti_range cases: (mode, SDE adjoint, gradient checkpointing), run when the mode is in
