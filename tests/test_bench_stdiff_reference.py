@@ -15,8 +15,8 @@ def test_reference_config_is_the_reduced_preset():
     assert cfg["tde"]["MotionEncoder"]["image_size"] == [64, 128]
     ours = STDiff(**stdiff_config("reduced"))
     theirs = STDiff(**translate_config(cfg))
-    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    assert shapes == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in ours.named_parameters()}
+    assert shapes == {k: tuple(v.shape) for k, v in theirs.named_parameters()}
     # The spec's figure for the reduced configuration.
     assert round(sum(p.numel() for p in ours.parameters()) / 1e6, 1) == 12.8
 
