@@ -1,9 +1,11 @@
 """Run one part of a training step, forward and backward, on its own number of intra-op
 threads (``torch.set_num_threads``).
 
-Small convolutions do not split well: the reduced STDiff's motion SDE (64 x 16 x 32 state, 3x3
-convs of 64-128 channels over 512 pixels) runs its forward + backward 1.35x faster on one
-thread than on two, and 2.4x faster in bf16 on one thread (scripts/benchmark.py, README). The
+Small convolutions do not split well when idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``):
+the reduced STDiff's motion SDE (64 x 16 x 32 state, 3x3 convs of 64-128 channels over 512
+pixels) then runs its forward + backward 1.4x faster on one thread than on two in float32 and
+2x in bf16 (``scripts/benchmark.py --only stdiff_sde``, README). Under OpenMP's default policy
+(threads spin briefly before sleeping) two threads win. The
 forward is a plain scope; the backward is bracketed by two identity autograd nodes: the one on
 the part's output sets the part's thread count when its gradient arrives (the part's backward
 runs next), the one on its input restores the caller's count when the gradient leaves. A
