@@ -28,7 +28,9 @@ checkpointing, fp32 with it); stdiff_unet: one kitti_range UNet evaluation per f
 first of a frame and one with the SPADE modulation cached); stdiff_quality: bf16 against fp32;
 stdiff_truncation: frame-truncation speed (reduced; its quality cost on briefly-trained tiny
 models is an experiment: scripts/truncation_study.py); stdiff_sde: the TDE alone at the
-kitti_range size with the SDE's nets in fp32 and in bf16, and bf16's numerical cost.
+kitti_range and reduced sizes with the SDE's nets in fp32 and in bf16, on the process's threads
+and on one, and bf16's numerical cost. --reference-stdiff DIR: stdiff_train also times the
+published reduced step in the same run (scripts/bench/stdiff_reference.py).
 
 On a shared machine, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning (without
 it, 2-thread runs slowed down many times when other processes took a core); the load average

@@ -2,7 +2,8 @@
 frames, AdamW) -- the reduced 64 x 128 configuration in every mode, SDE adjoint on (as the
 published code) and off; the kitti_range 64 x 512 one for time and peak RSS minus baseline
 (bf16 channels-last with and without gradient checkpointing, fp32 with it; and, when named,
-bf16sde_cl: the SDE's nets in bf16 too, adjoint on and off)."""
+bf16sde_cl: the SDE's nets in bf16 too, adjoint on and off). With ``--reference-stdiff``, the
+published reduced step is timed first in the same run (scripts/bench/stdiff_reference.py)."""
 
 from __future__ import annotations
 
