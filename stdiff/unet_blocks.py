@@ -48,9 +48,9 @@ FP32_ATTENTION_MAX_TOKENS = 1024
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """SDPA of ``q, k, v [B, heads, L, d]``; in float32 when training with heads narrower than 64
-    over fewer than 1024 tokens under autocast, where the CPU bf16 flash-attention forward +
-    backward is slower than float32's (2x at 128 tokens, even at 512; 1.25x faster at 2048:
-    3 x 2 heads of 32, 2 threads)."""
+    over fewer than 1024 tokens under autocast: there the CPU bf16 flash-attention forward +
+    backward is slower than float32's (2x slower at 128 tokens, level at 512), while at 2048
+    tokens bf16 is 1.25x faster (batch 3, 2 heads of 32, 2 threads)."""
     narrow = q.shape[-1] < 64 and q.shape[-2] < FP32_ATTENTION_MAX_TOKENS
     if q.dtype in _LOW_PRECISION and narrow and torch.is_grad_enabled():
         with torch.autocast(q.device.type, enabled=False):
