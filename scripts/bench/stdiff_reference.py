@@ -20,10 +20,13 @@ best of ``repeats``.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
+import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -89,6 +92,11 @@ def reference_step_case(ref_dir: str, extra_paths: list[str], threads: int, repe
 
     set_threads(threads)
     torch.manual_seed(0)
+    # The published DiffModel appends its parameter counts to ./debug.txt when built: this
+    # process works in a scratch folder so that nothing lands in the caller's.
+    scratch = tempfile.mkdtemp(prefix="stdiff_reference_")
+    atexit.register(shutil.rmtree, scratch, True)
+    os.chdir(scratch)
     model = STDiffDiffusers(config["unet"], OmegaConf.create(config["tde"]))
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
