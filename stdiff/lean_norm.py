@@ -102,7 +102,8 @@ class _InstanceNormModulate(torch.autograd.Function):
 def group_norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
     """``silu(norm(x.float()))`` for ``x [N, C, *]``, float32 out, keeping only ``x`` and the
     statistics for backward (see the module docstring)."""
-    if not (torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad)):
+    affine_grad = norm.weight is not None and norm.weight.requires_grad
+    if not (torch.is_grad_enabled() and (x.requires_grad or affine_grad)):
         return F.silu(norm(x.float() if x.dtype in _LOW_PRECISION else x), inplace=True)
     return _GroupNormSiLU.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
 
