@@ -110,3 +110,14 @@ def test_modules_use_lean_norm_with_unchanged_gradients():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_silu_without_affine_parameters():
+    norm = nn.GroupNorm(4, 64, affine=False)
+    x = _input(torch.bfloat16, True)
+    out = group_norm_silu(norm, x)
+    ref = F.silu(norm(x.float()))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (r,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(g, r, rtol=0, atol=0)
