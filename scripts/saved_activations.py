@@ -33,9 +33,10 @@ def use_unfused_norms() -> None:
     import stdiff.spade as spade
     import stdiff.unet_blocks as blocks
     import stdiff.unet_motion as unet
+    from stdiff.lean_norm import group_norm
 
     def group_norm_silu(norm, x):
-        return F.silu(blocks.group_norm(norm, x))
+        return F.silu(group_norm(norm, x))
 
     def instance_norm_modulate(h, scale, shift, eps):
         return torch.addcmul(shift, spade.instance_norm(h, eps), scale)

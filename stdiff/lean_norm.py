@@ -21,7 +21,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
+#: Input dtypes that the norms here compute in float32.
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def group_norm(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` computed in float32 for bf16 / fp16 input.
+
+    The CPU bf16 group-norm kernels are several times slower than float32 (channels-last most
+    of all; measured for scripts/benchmark.py) and round the statistics; autocast leaves group
+    norm in the input dtype, and the next conv casts back.
+    """
+    if x.dtype in LOW_PRECISION:
+        x = x.float()
+    return norm(x)
 
 
 def _like(grad: Tensor, x: Tensor) -> Tensor:
@@ -31,12 +44,16 @@ def _like(grad: Tensor, x: Tensor) -> Tensor:
     return grad.contiguous(memory_format=fmt)
 
 
+def _dims(x: Tensor) -> tuple[int, int, int]:
+    """``(N, C, HxW)`` of ``x [N, C, *]``, as the native group-norm ops take them."""
+    return x.shape[0], x.shape[1], x[0, 0].numel()
+
+
 def _group_norm_stats(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, mean, rstd)`` of ``native_group_norm`` on ``x [N, C, *]`` in float32."""
-    n, c = x.shape[0], x.shape[1]
-    return torch.native_group_norm(x.float(), weight, bias, n, c, x[0, 0].numel(), groups, eps)
+    return torch.native_group_norm(x.float(), weight, bias, *_dims(x), groups, eps)
 
 
 class _GroupNormSiLU(torch.autograd.Function):
@@ -54,15 +71,11 @@ class _GroupNormSiLU(torch.autograd.Function):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         xf = x.float()
         # The same kernel on the same input: y is the forward's bit for bit.
-        y, _, _ = torch.native_group_norm(
-            xf, weight, bias, x.shape[0], x.shape[1], x[0, 0].numel(), ctx.groups, ctx.eps
-        )
+        y, _, _ = _group_norm_stats(xf, weight, bias, ctx.groups, ctx.eps)
         grad_y = _like(torch.ops.aten.silu_backward(grad_out, y), xf)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
         gx, gw, gb = torch.ops.aten.native_group_norm_backward(
-            grad_y, xf, mean, rstd, weight, x.shape[0], x.shape[1], x[0, 0].numel(), ctx.groups,
-            mask,
-        )  # fmt: skip
+            grad_y, xf, mean, rstd, weight, *_dims(x), ctx.groups, list(ctx.needs_input_grad[:3])
+        )
         if gx is not None:
             gx = gx.to(x.dtype)
         return gx, gw, gb, None, None
@@ -84,13 +97,13 @@ class _InstanceNormModulate(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         h, scale, mean, rstd = ctx.saved_tensors
         hf = h.float()
-        n, c, hw = h.shape[0], h.shape[1], h[0, 0].numel()
-        normalized, _, _ = torch.native_group_norm(hf, None, None, n, c, hw, c, ctx.eps)
+        channels = h.shape[1]
+        normalized, _, _ = _group_norm_stats(hf, None, None, channels, ctx.eps)
         g_h = g_scale = g_shift = None
         if ctx.needs_input_grad[0]:
             g_norm = _like(grad_out * scale, hf)
             g_h = torch.ops.aten.native_group_norm_backward(
-                g_norm, hf, mean, rstd, None, n, c, hw, c, [True, False, False]
+                g_norm, hf, mean, rstd, None, *_dims(h), channels, [True, False, False]
             )[0].to(h.dtype)
         if ctx.needs_input_grad[1]:
             g_scale = (grad_out * normalized).to(ctx.dtypes[0])
@@ -104,7 +117,7 @@ def group_norm_silu(norm: nn.GroupNorm, x: Tensor) -> Tensor:
     statistics for backward (see the module docstring)."""
     affine_grad = norm.weight is not None and norm.weight.requires_grad
     if not (torch.is_grad_enabled() and (x.requires_grad or affine_grad)):
-        return F.silu(norm(x.float() if x.dtype in _LOW_PRECISION else x), inplace=True)
+        return F.silu(group_norm(norm, x), inplace=True)
     return _GroupNormSiLU.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stdiff.lean_norm import instance_norm_modulate
+from stdiff.lean_norm import LOW_PRECISION, instance_norm_modulate
 
 
 def resize_motion(m: Tensor, size: tuple[int, int]) -> Tensor:
@@ -25,6 +25,11 @@ def resize_motion(m: Tensor, size: tuple[int, int]) -> Tensor:
 GROUP_NORM_MIN_PIXELS = 256
 
 
+def _group_norm_kernel(h: Tensor) -> bool:
+    """Whether ``h [B, C, H, W]``'s instances are large enough for the group-norm kernel."""
+    return h.shape[-2] * h.shape[-1] >= GROUP_NORM_MIN_PIXELS
+
+
 def instance_norm(h: Tensor, eps: float) -> Tensor:
     """Instance norm of ``h [B, C, H, W]`` without affine (biased variance), float32 for
     low-precision input (the CPU bf16 kernels are slower and round the statistics).
@@ -36,9 +41,9 @@ def instance_norm(h: Tensor, eps: float) -> Tensor:
     cancellation in ``h - mean`` amplifies it (the tiny model's 1 x 2 lowest level moves by
     1e-4), so small instances keep the reference's op.
     """
-    if h.dtype in (torch.bfloat16, torch.float16):
+    if h.dtype in LOW_PRECISION:
         h = h.float()
-    if h.shape[-2] * h.shape[-1] >= GROUP_NORM_MIN_PIXELS:
+    if _group_norm_kernel(h):
         return F.group_norm(h, h.shape[1], eps=eps)
     return F.instance_norm(h, eps=eps)
 
@@ -79,7 +84,7 @@ class SPADE(nn.Module):
 
     def forward(self, h: Tensor, m: Tensor) -> Tensor:
         scale, shift = self.modulation(m, (h.shape[-2], h.shape[-1]))
-        if h.shape[-2] * h.shape[-1] >= GROUP_NORM_MIN_PIXELS:
+        if _group_norm_kernel(h):
             # One autograd node keeping h, not its float32 copy and the normalised h.
             return instance_norm_modulate(h, scale, shift, self.eps)
         normalized = instance_norm(h, self.eps)

@@ -190,9 +190,9 @@ class TemporalDynamicsEncoder(nn.Module):
             dt_min=self.dt_min,
             bm=bm,
         )
-        # The SDE runs in fp32 even under bf16 autocast: its state and Brownian increments are
-        # fp32, and its small nets gain little from bf16 while rounding accumulates over the
-        # solver steps.
+        # The caller's autocast stops here: the state, the Brownian increments and the solver's
+        # sums stay float32 (rounding would accumulate over the steps); sde_compute_dtype
+        # decides the nets' precision (FlatMotionSDE).
         n = self.sde_threads
         state = leave_in_backward(state, n)
         with torch.autocast(y0.device.type, enabled=False), intra_op_threads(n):

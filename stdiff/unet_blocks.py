@@ -20,27 +20,12 @@ from diffusers.models.upsampling import Upsample2D
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from stdiff.lean_norm import group_norm_silu
+from stdiff.lean_norm import LOW_PRECISION, group_norm, group_norm_silu
 from stdiff.spade import SPADE
 
 #: ``processor(attention_block, q, k, v, (height, width)) -> out``; q, k, v, out
 #: ``[B, heads, H*W, head_dim]``. Replaces the plain SDPA of an :class:`AttentionBlock`.
 AttnProcessor = Callable[["AttentionBlock", Tensor, Tensor, Tensor, tuple[int, int]], Tensor]
-
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def group_norm(norm: nn.GroupNorm, x: Tensor) -> Tensor:
-    """``norm(x)`` computed in float32 for bf16 / fp16 input.
-
-    The CPU bf16 group-norm kernels are several times slower than float32 (channels-last most
-    of all; measured for scripts/benchmark.py) and round the statistics; autocast leaves group
-    norm in the input dtype, and the next conv casts back.
-    """
-    if x.dtype in _LOW_PRECISION:
-        x = x.float()
-    return norm(x)
-
 
 #: Below this many tokens, training attention with heads narrower than 64 runs in float32.
 FP32_ATTENTION_MAX_TOKENS = 1024
@@ -52,7 +37,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     backward is slower than float32's (2x slower at 128 tokens, level at 512), while at 2048
     tokens bf16 is 1.25x faster (batch 3, 2 heads of 32, 2 threads)."""
     narrow = q.shape[-1] < 64 and q.shape[-2] < FP32_ATTENTION_MAX_TOKENS
-    if q.dtype in _LOW_PRECISION and narrow and torch.is_grad_enabled():
+    if q.dtype in LOW_PRECISION and narrow and torch.is_grad_enabled():
         with torch.autocast(q.device.type, enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     return F.scaled_dot_product_attention(q, k, v)

@@ -77,7 +77,7 @@ def tde_numerics_case(config: str, threads: int) -> dict:
             for p in model.tde.motion_sde.parameters():
                 scale = p[0].numel() ** -0.5 if p.dim() > 1 else 0.1
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
+            with autocast(mode):
                 context = model.tde.context_encode(vo, idx_o).float()
         path = model.tde.integrate(context, ts, generator=torch.Generator().manual_seed(0))
         path.square().mean().backward()
