@@ -46,6 +46,17 @@ def stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: bo
     return model
 
 
+def benchmark_clip(h: int, w: int, batch: int = 1, device: str = "cpu") -> tuple:
+    """The benchmarks' fixed sequence batch: ``(vo, vp, idx_o, idx_p)``, observed and predicted
+    frames ``[batch, 3, 1, h, w]`` in [-1, 1) (seeded, vo drawn first) at times 0..2 and 3..5."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    vo = (torch.rand(batch, 3, 1, h, w, generator=g) * 2 - 1).to(device)
+    vp = (torch.rand(batch, 3, 1, h, w, generator=g) * 2 - 1).to(device)
+    return vo, vp, torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+
+
 def training_step_parts(
     config: str,
     mode: str,
@@ -69,11 +80,7 @@ def training_step_parts(
     opt = torch.optim.AdamW(
         model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True
     )
-    h, w = STDIFF_SIZES[config]
-    g = torch.Generator().manual_seed(0)
-    vo = (torch.rand(batch, 3, 1, h, w, generator=g) * 2 - 1).to(device)
-    vp = (torch.rand(batch, 3, 1, h, w, generator=g) * 2 - 1).to(device)
-    idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+    vo, vp, idx_o, idx_p = benchmark_clip(*STDIFF_SIZES[config], batch=batch, device=device)
     device_type = torch.device(device).type
 
     def loss_fn():

@@ -31,6 +31,7 @@ import types
 from pathlib import Path
 
 from scripts.bench.harness import set_threads, timeit
+from scripts.bench.stdiff import benchmark_clip, train_step
 
 REFERENCE_CONFIG = (
     Path(__file__).resolve().parents[3] / "shared/reference/stdiff/stdiff_kitti_range_keys.json"
@@ -100,24 +101,17 @@ def reference_step_case(ref_dir: str, extra_paths: list[str], threads: int, repe
     model = STDiffDiffusers(config["unet"], OmegaConf.create(config["tde"]))
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
-    g = torch.Generator().manual_seed(0)
-    h, w = config["unet"]["sample_size"]
-    vo = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
-    vp = torch.rand(1, 3, 1, h, w, generator=g) * 2 - 1
-    idx_o, idx_p = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+    vo, vp, idx_o, idx_p = benchmark_clip(*config["unet"]["sample_size"])
 
-    def step() -> None:
+    def loss_fn():
         clean = vp.flatten(0, 1)
         noise = torch.randn(clean.shape)
         t = torch.randint(0, 1000, (clean.shape[0],)).long()
         out = model(vo, idx_o, idx_p, sched.add_noise(clean, noise, t), t, vp, vo[:, -1:])
-        loss = F.l1_loss(out.sample, noise)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        return F.l1_loss(out.sample, noise)
 
-    seconds = timeit(step, repeats, warmup=1)
+    # Then zero_grad, backward, clipping at 1.0 and AdamW, as our step and the published loop.
+    seconds = timeit(train_step(model, opt, loss_fn), repeats, warmup=1)
     return {
         "what": "published STDiff training step, reduced 64 x 128 (same run)",
         "threads": threads,

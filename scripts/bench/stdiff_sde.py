@@ -17,7 +17,13 @@ from __future__ import annotations
 import os
 
 from scripts.bench.harness import Context, emit, in_process, set_threads, timeit
-from scripts.bench.stdiff import STDIFF_SIZES, autocast, stdiff_model, stdiff_threads
+from scripts.bench.stdiff import (
+    STDIFF_SIZES,
+    autocast,
+    benchmark_clip,
+    stdiff_model,
+    stdiff_threads,
+)
 
 #: (config, mode) of the timed cases, each with the SDE adjoint on and off.
 TIME_CASES = (
@@ -32,11 +38,8 @@ TIME_CASES = (
 
 
 def _inputs(config: str):
-    import torch
-
-    h, w = STDIFF_SIZES[config]
-    vo = torch.rand(1, 3, 1, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    return vo, torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0])
+    vo, _, idx_o, idx_p = benchmark_clip(*STDIFF_SIZES[config])
+    return vo, idx_o, idx_p
 
 
 def tde_time_case(config: str, mode: str, adjoint: bool, threads: int, repeats: int) -> dict:
