@@ -90,7 +90,9 @@ class TemporalDynamicsEncoder(nn.Module):
             )
         if dt <= 0:
             raise ValueError(f"TDE: dt must be > 0, got {dt}")
-        if sde_threads is not None and (isinstance(sde_threads, bool) or int(sde_threads) < 1):
+        if sde_threads is not None and (
+            not isinstance(sde_threads, int) or isinstance(sde_threads, bool) or sde_threads < 1
+        ):
             raise ValueError(f"TDE: sde_threads must be None or an int >= 1, got {sde_threads!r}")
         if sde_compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(
@@ -112,7 +114,7 @@ class TemporalDynamicsEncoder(nn.Module):
         self.adjoint_method = adjoint_method
         self.ode_between_observations = ode_between_observations
         self.sde_compute_dtype = getattr(torch, sde_compute_dtype)
-        self.sde_threads = None if sde_threads is None else int(sde_threads)
+        self.sde_threads = sde_threads
 
     # ------------------------------------------------------------------ context
     def context_encode(self, Vo: Tensor, idx_o: Tensor) -> Tensor:

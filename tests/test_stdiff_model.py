@@ -539,9 +539,10 @@ def test_sde_threads_scope_the_solve_forward_and_backward(adjoint, input_grad):
         torch.set_num_threads(outer)
 
 
-def test_sde_threads_is_checked():
+@pytest.mark.parametrize("bad", [0, "2", True])
+def test_sde_threads_is_checked(bad):
     with pytest.raises(ValueError, match="sde_threads"):
-        tiny(tde={"sde_threads": 0})
+        tiny(tde={"sde_threads": bad})
 
 
 @pytest.mark.parametrize(
