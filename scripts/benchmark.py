@@ -71,7 +71,12 @@ WF-VAE training step (only when named; with the conv peak for the fractions):
 
 wfvae_train: our full VAE-GAN step (generator with every loss term and the adaptive GAN
 weight, then the discriminator step) against the published model's forward + backward (L1 +
-KL, AdamW) in the same run, fp32 and bf16 channels-last, batch 1, 9 x 128^2 by default.
+KL, AdamW) in the same run, fp32 (Winograd where it pays), fp32_direct and bf16
+channels-last, batch 1, 9 x 128^2 by default.
+
+Winograd against the direct conv, one conv at a time (only when named; ~2 min):
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/benchmark.py --only conv_peak winograd
 
 GPU on paper (only when named; nothing is timed, about a minute on one thread):
 
@@ -128,6 +133,7 @@ from scripts.bench import (  # noqa: E402
     wfvae_chunked,
     wfvae_quality,
     wfvae_train,
+    winograd,
 )
 from scripts.bench.harness import Context, conv_peak, in_process  # noqa: E402
 
@@ -159,7 +165,11 @@ STDIFF_SECTIONS: dict[str, Section] = {
     "stdiff_sde": stdiff_sde.run,
 }
 #: Sections run only when named in --only, after the STDiff ones: growth with input size.
-SCALING_SECTIONS: dict[str, Section] = {"scaling": scaling.run, "wfvae_train": wfvae_train.run}
+SCALING_SECTIONS: dict[str, Section] = {
+    "scaling": scaling.run,
+    "wfvae_train": wfvae_train.run,
+    "winograd": winograd.run,
+}
 #: Sections run only when named in --only, after the STDiff ones.
 DATA_SECTIONS: dict[str, Section] = {"data": data.run}
 #: Sections run only when named in --only, after the others: estimates, nothing timed.
@@ -178,8 +188,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--modes",
         nargs="+",
-        default=["fp32", "bf16_cl", "bf16w_cl"],
-        help="fp32 | bf16_cl (autocast, channels-last) | bf16w_cl (bf16 weights, channels-last)",
+        default=["fp32", "fp32_direct", "bf16_cl", "bf16w_cl"],
+        help="fp32 (Winograd where it pays) | fp32_direct (direct convs only) | bf16_cl "
+        "(autocast, channels-last) | bf16w_cl (bf16 weights, channels-last)",
     )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument(

@@ -10,6 +10,9 @@ the stride.
 
 Frame-wise 2D convs (:class:`FrameConv2d`) are ``(1, k, k)`` 3D convs on ``[B, C, T, H, W]``,
 which avoids the ``(b t) c h w`` reshape copy and keeps channels-last activations as they are.
+
+Both take Winograd F(2x2, 3x3) (:mod:`wfvae.winograd`) for wide float32 3x3 convs on the CPU
+while their ``winograd`` flag is on (the default; ``WFVAE(conv_algorithm="direct")`` clears it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from wfvae.winograd import winograd_applies, winograd_conv3d
 
 _UNSEEN = object()
 _MKLDNN = torch.backends.mkldnn.is_available()
@@ -153,8 +158,11 @@ class CausalConv3d(nn.Conv3d):
     """Conv3d, causal in time: ``[B, Cin, T, H, W] -> [B, Cout, (T-1)//s_t + 1, H', W']``.
 
     ``padding`` applies to space only (zeros); the time padding is always ``k_t - 1`` frames of
-    causal context (see :func:`causal_time_pad`).
+    causal context (see :func:`causal_time_pad`). ``winograd``: compute the conv by Winograd
+    where :func:`wfvae.winograd.winograd_applies` says it pays.
     """
+
+    winograd: bool = True
 
     def __init__(
         self,
@@ -171,7 +179,10 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(in_channels, out_channels, k, stride=s, padding=(0, p[1], p[2]), bias=bias)
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return conv3d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        if self.winograd and winograd_applies(x, weight, *args):
+            return winograd_conv3d(x, weight, bias)
+        return conv3d(x, weight, bias, *args)
 
     def forward(
         self, x: Tensor, cache: ChunkCache | None = None, silu_input: bool = False
@@ -216,8 +227,11 @@ class FrameConv2d(nn.Conv3d):
 
     Stored as a Conv3d with a ``(1, k, k)`` kernel (weight ``[Cout, Cin, 1, k, k]``) so that every
     weight of the model is 5D and ``model.to(memory_format=torch.channels_last_3d)`` works (it
-    rejects 4D tensors). 4D input (images) is accepted too.
+    rejects 4D tensors). 4D input (images) is accepted too. ``winograd`` as in
+    :class:`CausalConv3d`.
     """
+
+    winograd: bool = True
 
     def __init__(
         self,
@@ -243,6 +257,9 @@ class FrameConv2d(nn.Conv3d):
             return F.conv2d(x, weight2d, self.bias, self.stride[1:], self.padding[1:])
         if x.dim() != 5:
             raise ValueError(f"FrameConv2d expects 4D or 5D input, got shape {tuple(x.shape)}")
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        if self.winograd and winograd_applies(x, self.weight, *args):
+            return winograd_conv3d(x, self.weight, self.bias)
         b, c, t, h, w = x.shape
         if x.stride(1) == 1 and c > 1:
             # Channels-last: frames-as-batch is a free view. As a 2D conv it also takes oneDNN's

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from wfvae.blocks import ResnetBlock2D, ResnetBlock3D
-from wfvae.causal_conv import ChunkCache
+from wfvae.causal_conv import CausalConv3d, ChunkCache, FrameConv2d
 from wfvae.decoder import Decoder
 from wfvae.distributions import DiagonalGaussian
 from wfvae.encoder import Encoder
@@ -35,6 +35,7 @@ from wfvae.norm import NormType
 from wfvae.sampling import TimeInterpolation
 
 FramesPolicy = Literal["error", "pad"]
+ConvAlgorithm = Literal["auto", "direct"]
 
 TIME_COMPRESSION = 4
 SPACE_COMPRESSION = 8
@@ -142,6 +143,9 @@ class WFVAE(nn.Module):
         frames_policy: "error" rejects T != 4n+1; "pad" repeats the last frame up to the next
             4n+1 and crops decoded videos back to T.
         gradient_checkpointing: recompute ResNet blocks in backward (training memory).
+        conv_algorithm: "auto" computes wide float32 3x3 convs on the CPU by Winograd F(2x2,
+            3x3) where it pays (:mod:`wfvae.winograd`; 1.3-2x faster there, float32 error a few
+            times the direct conv's); "direct" always uses PyTorch's convolution.
     """
 
     configs = WFVAE_CONFIGS
@@ -162,10 +166,13 @@ class WFVAE(nn.Module):
         haar_scale: HaarScale = "orthonormal",
         frames_policy: FramesPolicy = "error",
         gradient_checkpointing: bool = False,
+        conv_algorithm: ConvAlgorithm = "auto",
     ) -> None:
         super().__init__()
         if frames_policy not in ("error", "pad"):
             raise ValueError(f"frames_policy must be 'error' or 'pad', got {frames_policy!r}")
+        if conv_algorithm not in ("auto", "direct"):
+            raise ValueError(f"conv_algorithm must be 'auto' or 'direct', got {conv_algorithm!r}")
         for name, v in (
             ("latent_dim", latent_dim),
             ("base_channels", base_channels),
@@ -189,6 +196,7 @@ class WFVAE(nn.Module):
             haar_scale=haar_scale,
             frames_policy=frames_policy,
             gradient_checkpointing=gradient_checkpointing,
+            conv_algorithm=conv_algorithm,
         )
         self.latent_dim = latent_dim
         self.norm_type = norm_type
@@ -216,6 +224,7 @@ class WFVAE(nn.Module):
             haar_scale,
         )
         self.set_gradient_checkpointing(gradient_checkpointing)
+        self.set_conv_algorithm(conv_algorithm)
         # Weights in the activations' layout: saves a per-call weight transpose in every conv.
         self.to(memory_format=torch.channels_last_3d)
 
@@ -226,6 +235,15 @@ class WFVAE(nn.Module):
         for m in self.modules():
             if isinstance(m, ResnetBlock2D | ResnetBlock3D):
                 m.gradient_checkpointing = bool(enabled)
+
+    def set_conv_algorithm(self, algorithm: ConvAlgorithm) -> None:
+        """ "auto" (Winograd for the convs where it pays) or "direct" (see the class docstring)."""
+        if algorithm not in ("auto", "direct"):
+            raise ValueError(f"conv_algorithm must be 'auto' or 'direct', got {algorithm!r}")
+        self.config["conv_algorithm"] = algorithm
+        for m in self.modules():
+            if isinstance(m, CausalConv3d | FrameConv2d):
+                m.winograd = algorithm == "auto"
 
     def get_last_layer(self) -> nn.Parameter:
         """The decoder's final conv weight (for the GAN adaptive weight)."""

@@ -85,7 +85,7 @@ log = logging.getLogger(__name__)
 GanSchedule = Literal["alternate", "joint"]
 
 # Network config keys that do not change the weights' meaning: a checkpoint may differ in them.
-NON_ARCH_KEYS = frozenset({"frames_policy", "gradient_checkpointing", "dropout"})
+NON_ARCH_KEYS = frozenset({"frames_policy", "gradient_checkpointing", "dropout", "conv_algorithm"})
 _REFERENCE_HINT = (
     " (a checkpoint of the published code? convert it first with scripts/convert_reference.py)"
 )

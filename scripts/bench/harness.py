@@ -16,7 +16,8 @@ import multiprocessing as mp
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -136,11 +137,27 @@ def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return min(times)
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call (FlopCounterMode: convolutions and matmuls)."""
+@contextmanager
+def direct_convs(model: Any = None) -> Iterator[None]:
+    """Run a WF-VAE ``model`` (None: nothing) with direct convolutions inside the block: FLOPs
+    are counted so, a conv computed by Winograd counting as the direct conv it equals (the usual
+    "effective FLOPs", not its 2.25x smaller GEMMs)."""
+    algorithm = getattr(model, "config", {}).get("conv_algorithm")
+    if algorithm is not None:
+        model.set_conv_algorithm("direct")
+    try:
+        yield
+    finally:
+        if algorithm is not None:
+            model.set_conv_algorithm(algorithm)
+
+
+def count_flops(fn: Callable[[], Any], model: Any = None) -> int:
+    """FLOPs of one call (FlopCounterMode: convolutions and matmuls), with ``model``'s direct
+    convolutions (:func:`direct_convs`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with direct_convs(model), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -39,10 +39,13 @@ def build_wfvae(name: str):
 
 def inference_call(model, x, op: str, mode: str, chunk: int | None = None):
     """``run()`` that encodes ``x`` ``[B, 3, T, H, W]`` or decodes its latent (made here, in
-    fp32, before the layout / dtype change) with ``model`` in ``mode``: fp32 | bf16_cl (bf16
-    autocast, channels-last) | bf16w_cl (bf16 weights and input, channels-last)."""
+    fp32, before the layout / dtype change) with ``model`` in ``mode``: fp32 (the model's
+    default conv algorithm: Winograd where it pays) | fp32_direct (direct convs only) | bf16_cl
+    (bf16 autocast, channels-last) | bf16w_cl (bf16 weights and input, channels-last)."""
     import torch
 
+    if mode == "fp32_direct":
+        model.set_conv_algorithm("direct")
     with torch.no_grad():
         z = model.encode(x).posterior.mode()
     if mode.endswith("_cl"):
@@ -103,8 +106,8 @@ def wfvae_case(
     """Time one encode / decode of a batch-1 clip ``[1, 3, frames, size, size]`` (run it in a
     fresh process).
 
-    mode: fp32 | bf16_cl (bf16 autocast, channels-last) | bf16w_cl (bf16 weights and input,
-    channels-last: half the weight memory, for inference). Autocast runs with its weight-cast
+    mode: fp32 | fp32_direct | bf16_cl (bf16 autocast, channels-last) | bf16w_cl (bf16 weights
+    and input, channels-last: half the weight memory, for inference); see :func:`inference_call`. Autocast runs with its weight-cast
     cache off: the cache keeps a bf16 copy of every weight for the whole call (+0.4 GB for
     WF-VAE-L) and was also slower here (4.1 vs 3.3 s, L decode 17 x 128^2).
     """
@@ -118,7 +121,7 @@ def wfvae_case(
     base = start_peak_window()
     seconds = timeit(run, repeats)
     peak = window_peak_mb()
-    flops = count_flops(run)
+    flops = count_flops(run, model)
     return {
         "model": name,
         "shape": f"{frames}x{size}",
@@ -223,7 +226,7 @@ def _time_model(
     refs: dict[tuple[str, str], dict] = {}
     for op in OPS:
         if a.reference_wfvae:
-            for mode in ["fp32"] + (["bf16"] if a.modes != ["fp32"] else []):
+            for mode in ["fp32"] + (["bf16"] if any(m.startswith("bf16") for m in a.modes) else []):
                 refs[op, mode] = time_reference(ctx, name, frames, size, op, mode)
         for mode in a.modes:
             r = in_process(wfvae_case, name, frames, size, op, mode, a.threads, a.repeats)

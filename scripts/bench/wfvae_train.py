@@ -11,8 +11,10 @@ GAN or discriminator terms: its loss module needs the LPIPS network), so that ra
 bound on ours against its full recipe; our model under exactly the reference's step gives the
 like-for-like ratio (rows ``implementation``: reference, full recipe, the reference's step).
 
-Modes: fp32 | bf16_cl (bf16 autocast, channels-last model and input; the reference under the
-same autocast, in its own memory layout). Rows: time, FLOPs (FlopCounterMode; attention on CPU uncounted, see
+Modes: fp32 (our default convs: Winograd where it pays) | fp32_direct (direct convs only; both
+against the one fp32 reference row) | bf16_cl (bf16 autocast, channels-last model and input; the
+reference under the same autocast, in its own memory layout). FLOPs count every conv as the
+direct conv (``harness.direct_convs``). Rows: time, FLOPs (FlopCounterMode; attention on CPU uncounted, see
 scripts/bench/scaling.py), GFLOP/s, fraction of the conv peak, peak RSS; ``speedup_vs_reference``
 when the published code ran in the same run.
 """
@@ -34,12 +36,14 @@ from scripts.bench.harness import (
 )
 
 
-def _measure(step, name: str, frames: int, size: int, mode: str, what: str, repeats: int) -> dict:
-    """Time ``step`` (after a warm-up), then count its FLOPs on one more call; the row. Peak RSS
-    is read before the FLOP count, which raises it."""
+def _measure(
+    step, name: str, frames: int, size: int, mode: str, what: str, repeats: int, model=None
+) -> dict:
+    """Time ``step`` (after a warm-up), then count its FLOPs on one more call (with ``model``'s
+    direct convs); the row. Peak RSS is read before the FLOP count, which raises it."""
     seconds = timeit(step, repeats)
     peak = rss_mb()
-    flops = count_flops(step)
+    flops = count_flops(step, model)
     return {
         "model": name,
         "shape": f"{frames}x{size}",
@@ -66,7 +70,7 @@ def full_recipe_step(
     ``(model, step)``. ``step()``: generator forward with a posterior sample, every loss term
     (L1, KL, wavelet and, with ``gan``, the 3D PatchGAN's generator term with the adaptive
     weight), backward, clipping, AdamW; then, with ``gan``, the discriminator step. Mode fp32 |
-    bf16_cl (bf16 autocast, channels-last model and input)."""
+    fp32_direct | bf16_cl (see the module docstring)."""
     import torch
 
     from wfvae.discriminator import PatchDiscriminator3D
@@ -77,6 +81,8 @@ def full_recipe_step(
     device_type = torch.device(device).type
     torch.manual_seed(0)
     model = WFVAE(**net_kwargs).train().to(device)
+    if mode == "fp32_direct":
+        model.set_conv_algorithm("direct")
     disc = PatchDiscriminator3D(in_channels=3, ndf=64, n_layers=4, norm="batch").to(device)
     loss = WFVAELoss(
         perceptual_weight=0.0,
@@ -92,7 +98,7 @@ def full_recipe_step(
         x = x.contiguous(memory_format=torch.channels_last_3d)
     opt_g = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
-    bf16 = mode != "fp32"
+    bf16 = mode.startswith("bf16")
 
     def step():
         with bf16_autocast(bf16, device_type):
@@ -157,9 +163,9 @@ def ours_train_case(name: str, frames: int, size: int, mode: str, threads: int, 
     from wfvae.model import wfvae_config
 
     set_threads(threads)
-    _, step = full_recipe_step(wfvae_config(name), frames, size, mode)
+    model, step = full_recipe_step(wfvae_config(name), frames, size, mode)
     what = "ours (full recipe: generator + discriminator)"
-    return _measure(step, name, frames, size, mode, what, repeats)
+    return _measure(step, name, frames, size, mode, what, repeats, model)
 
 
 def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int, repeats: int):
@@ -172,6 +178,8 @@ def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int
     set_threads(threads)
     torch.manual_seed(0)
     model = WFVAE(**wfvae_config(name)).train()
+    if mode == "fp32_direct":
+        model.set_conv_algorithm("direct")
     x = torch.rand(1, 3, frames, size, size) * 2 - 1
     if mode.endswith("_cl"):
         model = model.to(memory_format=torch.channels_last_3d)
@@ -179,7 +187,7 @@ def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
 
     def step():
-        with bf16_autocast(mode != "fp32"):
+        with bf16_autocast(mode.startswith("bf16")):
             out = model(x, sample_posterior=True)
             total = (out.recon.float() - x).abs().mean() + 1e-6 * out.posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -187,7 +195,7 @@ def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int
         opt.step()
 
     what = "ours (the reference's step: forward + L1 + KL backward + AdamW)"
-    return _measure(step, name, frames, size, mode, what, repeats)
+    return _measure(step, name, frames, size, mode, what, repeats, model)
 
 
 def reference_train_case(
@@ -210,16 +218,18 @@ def run(ctx: Context) -> dict:
     a = ctx.args
     rows = []
     for name in a.models:
-        for mode in ("fp32", "bf16_cl"):
+        ref = None
+        for mode in ("fp32", "fp32_direct", "bf16_cl"):
             case = (name, a.wfvae_train_frames, a.wfvae_train_size, mode, a.threads, a.repeats)
+            if a.reference_wfvae and mode != "fp32_direct":  # fp32_direct: the fp32 reference
+                ref = in_process(reference_train_case, a.reference_wfvae, *case)
+                rows.append(emit(add_peak_fractions(ref, ctx.conv_peak)))
             full = add_peak_fractions(in_process(ours_train_case, *case), ctx.conv_peak)
             matched = add_peak_fractions(in_process(ours_matched_case, *case), ctx.conv_peak)
-            if a.reference_wfvae:
-                ref = in_process(reference_train_case, a.reference_wfvae, *case)
-                for row in (full, matched):
+            for row in (full, matched):
+                if ref is not None:
                     row["reference_time_s"] = ref["time_s"]
                     row["reference_gflop"] = ref["gflop"]
                     row["speedup_vs_reference"] = ref["time_s"] / row["time_s"]
-                rows.append(emit(add_peak_fractions(ref, ctx.conv_peak)))
-            rows += [emit(full), emit(matched)]
+                rows.append(emit(row))
     return {"wfvae_train": rows}

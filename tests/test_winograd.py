@@ -1,0 +1,125 @@
+"""Winograd F(2x2, 3x3) convolution (wfvae/winograd.py) against PyTorch's direct convolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import wfvae.winograd as winograd
+from wfvae.model import WFVAE
+from wfvae.winograd import winograd_applies, winograd_conv3d
+
+
+@pytest.mark.parametrize(
+    ("batch", "kt", "bias", "channels_last"),
+    [(1, 3, True, True), (2, 3, False, False), (2, 1, True, True), (1, 2, True, False)],
+)
+def test_matches_conv3d_and_its_gradients_in_float64(batch, kt, bias, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 5, kt + 3, 6, 8, dtype=torch.float64)
+    w = torch.randn(4, 5, kt, 3, 3, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64) if bias else None
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        w = w.contiguous(memory_format=torch.channels_last_3d)
+    params = [t.requires_grad_() for t in (x, w, b) if t is not None]
+    ours = winograd_conv3d(x, w, b)
+    ref = F.conv3d(x, w, b, padding=(0, 1, 1))
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ref)
+    for g_ours, g_ref in zip(
+        torch.autograd.grad(ours, params, grad), torch.autograd.grad(ref, params, grad), strict=True
+    ):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_error_is_a_few_times_the_direct_convs():
+    """Against float64, Winograd's float32 error stays within 10x the direct conv's."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 256, 5, 8, 8, dtype=torch.float64)
+    w = torch.randn(64, 256, 3, 3, 3, dtype=torch.float64) / 48
+    exact = F.conv3d(x, w, padding=(0, 1, 1))
+    direct = F.conv3d(x.float(), w.float(), padding=(0, 1, 1)).double()
+    ours = winograd_conv3d(x.float(), w.float()).double()
+    err_direct = (direct - exact).abs().max()
+    err_ours = (ours - exact).abs().max()
+    assert err_ours <= 10 * err_direct
+    assert err_ours <= 1e-5 * exact.abs().max()
+
+
+def test_applies_only_where_it_computes_the_same_conv_and_pays():
+    x = torch.randn(1, 256, 6, 32, 32)
+    w = torch.randn(256, 256, 3, 3, 3)
+    ok = ((1, 1, 1), (0, 1, 1), (1, 1, 1), 1)
+    assert winograd_applies(x, w, *ok)
+    assert not winograd_applies(x, w, (1, 2, 2), (0, 1, 1), (1, 1, 1), 1)  # strided
+    assert not winograd_applies(x, w, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1)  # time padding
+    assert not winograd_applies(x, w, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1)  # no space padding
+    assert not winograd_applies(x, w, (1, 1, 1), (0, 1, 1), (1, 2, 2), 1)  # dilated
+    assert not winograd_applies(x[..., :31], w, *ok)  # odd width
+    assert not winograd_applies(x[:, :128], w[:, :128], *ok)  # too few channels
+    assert not winograd_applies(x[:, :, :3, :16, :16], w, *ok)  # too few output positions
+    assert not winograd_applies(x.bfloat16(), w.bfloat16(), *ok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd_applies(x, w, *ok)
+
+
+def test_refuses_shapes_it_cannot_compute():
+    with pytest.raises(ValueError, match=r"\(1, 4, 3, 5, 6\)"):
+        winograd_conv3d(torch.randn(1, 4, 3, 5, 6), torch.randn(2, 4, 3, 3, 3))
+    with pytest.raises(ValueError, match="weight"):
+        winograd_conv3d(torch.randn(1, 4, 3, 6, 6), torch.randn(2, 4, 3, 5, 5))
+
+
+def _tiny_vae(algorithm: str) -> WFVAE:
+    torch.manual_seed(0)
+    return WFVAE(
+        latent_dim=4,
+        base_channels=8,
+        encoder_num_resblocks=1,
+        decoder_num_resblocks=1,
+        encoder_energy_flow_hidden_size=8,
+        decoder_energy_flow_hidden_size=8,
+        conv_algorithm=algorithm,
+    )
+
+
+def test_model_trains_and_streams_the_same_with_winograd(monkeypatch):
+    """With the thresholds lowered so that every stride-1 3x3 conv of a tiny WF-VAE takes
+    Winograd: the same reconstruction and gradients as conv_algorithm="direct", and chunked
+    decoding still equals the full decode."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_POSITIONS", 1)
+    calls = []
+    apply = winograd._WinogradConv.apply
+    monkeypatch.setattr(
+        winograd._WinogradConv, "apply", lambda *a: calls.append(1) or apply(*a), raising=True
+    )
+    x = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    runs = {}
+    for algorithm in ("auto", "direct"):
+        vae = _tiny_vae(algorithm)
+        out = vae(x, sample_posterior=False)
+        out.recon.square().mean().backward()
+        runs[algorithm] = (out.recon.detach(), {k: p.grad for k, p in vae.named_parameters()})
+        if algorithm == "auto":
+            assert len(calls) > 10
+            n_calls = len(calls)
+    assert len(calls) == n_calls  # "direct" never takes it
+    torch.testing.assert_close(runs["auto"][0], runs["direct"][0], rtol=1e-4, atol=1e-5)
+    for k, g in runs["direct"][1].items():
+        torch.testing.assert_close(runs["auto"][1][k], g, rtol=1e-3, atol=1e-6, msg=k)
+
+    vae = _tiny_vae("auto").eval()
+    with torch.no_grad():
+        z = vae.encode(x).posterior.mode()
+        full = vae.decode(z).video
+        chunked = vae.decode(z, chunk_size=1).video
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_algorithm_is_checked():
+    with pytest.raises(ValueError, match="conv_algorithm"):
+        _tiny_vae("winograd")
