@@ -15,9 +15,10 @@ from wfvae.winograd import winograd_applies, winograd_conv3d
     ("batch", "kt", "bias", "channels_last"),
     [(1, 3, True, True), (2, 3, False, False), (2, 1, True, True), (1, 2, True, False)],
 )
-def test_matches_conv3d_and_its_gradients_in_float64(batch, kt, bias, channels_last):
+@pytest.mark.parametrize("hw", [(8, 12), (6, 9), (3, 2)])  # whole tiles, partial tiles, one tile
+def test_matches_conv3d_and_its_gradients_in_float64(batch, kt, bias, channels_last, hw):
     torch.manual_seed(0)
-    x = torch.randn(batch, 5, kt + 3, 6, 8, dtype=torch.float64)
+    x = torch.randn(batch, 5, kt + 3, *hw, dtype=torch.float64)
     w = torch.randn(4, 5, kt, 3, 3, dtype=torch.float64)
     b = torch.randn(4, dtype=torch.float64) if bias else None
     if channels_last:
@@ -35,18 +36,21 @@ def test_matches_conv3d_and_its_gradients_in_float64(batch, kt, bias, channels_l
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
 
 
-def test_float32_error_is_a_few_times_the_direct_convs():
-    """Against float64, Winograd's float32 error stays within 10x the direct conv's."""
+def test_float32_error_is_about_ten_times_the_direct_convs():
+    """Against float64, F(4x4, 3x3)'s float32 error (rms, relative to the output's) stays within
+    20x the direct conv's and 1e-5 (measured: 3.5e-6 against the direct 3.5e-7)."""
     torch.manual_seed(0)
     x = torch.randn(1, 256, 5, 8, 8, dtype=torch.float64)
     w = torch.randn(64, 256, 3, 3, 3, dtype=torch.float64) / 48
     exact = F.conv3d(x, w, padding=(0, 1, 1))
-    direct = F.conv3d(x.float(), w.float(), padding=(0, 1, 1)).double()
-    ours = winograd_conv3d(x.float(), w.float()).double()
-    err_direct = (direct - exact).abs().max()
-    err_ours = (ours - exact).abs().max()
-    assert err_ours <= 10 * err_direct
-    assert err_ours <= 1e-5 * exact.abs().max()
+
+    def rms_error(y: torch.Tensor) -> float:
+        return ((y.double() - exact).square().mean() / exact.square().mean()).sqrt().item()
+
+    err_direct = rms_error(F.conv3d(x.float(), w.float(), padding=(0, 1, 1)))
+    err_ours = rms_error(winograd_conv3d(x.float(), w.float()))
+    assert err_ours <= 20 * err_direct
+    assert err_ours <= 1e-5
 
 
 def test_applies_only_where_it_computes_the_same_conv_and_pays():
@@ -58,19 +62,34 @@ def test_applies_only_where_it_computes_the_same_conv_and_pays():
     assert not winograd_applies(x, w, (1, 1, 1), (1, 1, 1), (1, 1, 1), 1)  # time padding
     assert not winograd_applies(x, w, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1)  # no space padding
     assert not winograd_applies(x, w, (1, 1, 1), (0, 1, 1), (1, 2, 2), 1)  # dilated
-    assert not winograd_applies(x[..., :31], w, *ok)  # odd width
-    assert not winograd_applies(x[:, :128], w[:, :128], *ok)  # too few channels
+    assert winograd_applies(x[..., :31], w, *ok)  # any width: partial tiles
+    assert not winograd_applies(x[:, :64], w[:, :64], *ok)  # too few channels for inference
     assert not winograd_applies(x[:, :, :3, :16, :16], w, *ok)  # too few output positions
+    # Training takes it from fewer channels / positions (oneDNN's backward is slow there).
+    narrow, wn = torch.randn(1, 32, 3, 16, 48), w[:32, :32]  # 768 output positions
+    assert not winograd_applies(narrow, wn, *ok)
+    assert winograd_applies(narrow.clone().requires_grad_(), wn, *ok)
+    assert winograd_applies(narrow, wn.clone().requires_grad_(), *ok)
+    with torch.no_grad():
+        assert not winograd_applies(narrow, wn.clone().requires_grad_(), *ok)
+    assert not winograd_applies(x[:, :16].requires_grad_(), w[:, :16], *ok)
     assert not winograd_applies(x.bfloat16(), w.bfloat16(), *ok)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not winograd_applies(x, w, *ok)
 
 
 def test_refuses_shapes_it_cannot_compute():
-    with pytest.raises(ValueError, match=r"\(1, 4, 3, 5, 6\)"):
-        winograd_conv3d(torch.randn(1, 4, 3, 5, 6), torch.randn(2, 4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"\(1, 4, 2, 5, 6\)"):
+        winograd_conv3d(torch.randn(1, 4, 2, 5, 6), torch.randn(2, 4, 3, 3, 3))
     with pytest.raises(ValueError, match="weight"):
         winograd_conv3d(torch.randn(1, 4, 3, 6, 6), torch.randn(2, 4, 3, 5, 5))
+
+
+def _assert_close_to_scale(a: torch.Tensor, b: torch.Tensor, tol: float, what: str = "") -> None:
+    """max |a - b| <= tol * max |b|: float32 Winograd's error scales with the values (a floor of
+    1e-6 for gradients that are zero in exact arithmetic, e.g. attention's key bias)."""
+    err, scale = (a - b).abs().max().item(), max(b.abs().max().item(), 1e-6)
+    assert err <= tol * scale, f"{what}: max diff {err:.2e} against scale {scale:.2e}"
 
 
 def _tiny_vae(algorithm: str) -> WFVAE:
@@ -90,8 +109,8 @@ def test_model_trains_and_streams_the_same_with_winograd(monkeypatch):
     """With the thresholds lowered so that every stride-1 3x3 conv of a tiny WF-VAE takes
     Winograd: the same reconstruction and gradients as conv_algorithm="direct", and chunked
     decoding still equals the full decode."""
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(winograd, "MIN_POSITIONS", 1)
+    monkeypatch.setattr(winograd, "TRAINING_MIN", (1, 1))
+    monkeypatch.setattr(winograd, "INFERENCE_MIN", (1, 1))
     calls = []
     apply = winograd._WinogradConv.apply
     monkeypatch.setattr(
@@ -108,16 +127,16 @@ def test_model_trains_and_streams_the_same_with_winograd(monkeypatch):
             assert len(calls) > 10
             n_calls = len(calls)
     assert len(calls) == n_calls  # "direct" never takes it
-    torch.testing.assert_close(runs["auto"][0], runs["direct"][0], rtol=1e-4, atol=1e-5)
+    _assert_close_to_scale(runs["auto"][0], runs["direct"][0], 1e-4)
     for k, g in runs["direct"][1].items():
-        torch.testing.assert_close(runs["auto"][1][k], g, rtol=1e-3, atol=1e-6, msg=k)
+        _assert_close_to_scale(runs["auto"][1][k], g, 1e-3, k)
 
     vae = _tiny_vae("auto").eval()
     with torch.no_grad():
         z = vae.encode(x).posterior.mode()
         full = vae.decode(z).video
         chunked = vae.decode(z, chunk_size=1).video
-    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)
+    _assert_close_to_scale(chunked, full, 1e-4)
 
 
 def test_conv_algorithm_is_checked():
