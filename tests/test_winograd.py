@@ -112,9 +112,9 @@ def test_model_trains_and_streams_the_same_with_winograd(monkeypatch):
     monkeypatch.setattr(winograd, "TRAINING_MIN", (1, 1))
     monkeypatch.setattr(winograd, "INFERENCE_MIN", (1, 1))
     calls = []
-    apply = winograd._WinogradConv.apply
+    apply = winograd._OutputTransform.apply
     monkeypatch.setattr(
-        winograd._WinogradConv, "apply", lambda *a: calls.append(1) or apply(*a), raising=True
+        winograd._OutputTransform, "apply", lambda *a: calls.append(1) or apply(*a), raising=True
     )
     x = torch.rand(1, 3, 9, 32, 32) * 2 - 1
     runs = {}
@@ -142,3 +142,23 @@ def test_model_trains_and_streams_the_same_with_winograd(monkeypatch):
 def test_conv_algorithm_is_checked():
     with pytest.raises(ValueError, match="conv_algorithm"):
         _tiny_vae("winograd")
+
+
+def test_a_weight_only_gradient_skips_the_input_transforms_backward(monkeypatch):
+    """The GAN's adaptive weight asks for the last layer's weight gradient alone: the input
+    gradient (the costly half of the backward) must not be computed for it."""
+    calls = []
+    grad_fn = winograd._input_transform_grad
+    monkeypatch.setattr(
+        winograd, "_input_transform_grad", lambda *a: calls.append(1) or grad_fn(*a)
+    )
+    x = torch.randn(1, 4, 5, 8, 8, requires_grad=True)
+    w = torch.randn(3, 4, 3, 3, 3, requires_grad=True)
+    y = winograd_conv3d(x * 1, w)
+    (gw,) = torch.autograd.grad(y.sum(), w, retain_graph=True)
+    assert calls == []
+    torch.testing.assert_close(
+        gw, torch.autograd.grad(F.conv3d(x, w, padding=(0, 1, 1)).sum(), w)[0], rtol=1e-4, atol=1e-4
+    )
+    y.sum().backward()
+    assert calls == [1]
