@@ -162,3 +162,30 @@ def test_a_weight_only_gradient_skips_the_input_transforms_backward(monkeypatch)
     )
     y.sum().backward()
     assert calls == [1]
+
+
+def test_benchmark_counts_winograd_convs_as_the_direct_convs_they_compute(monkeypatch):
+    """FLOP counts (and so GFLOP/s and fractions of the conv peak) use the direct conv's count:
+    FlopCounterMode alone would count Winograd's 4x smaller GEMMs."""
+    from scripts.bench.harness import count_flops
+    from scripts.bench.winograd import conv_case
+
+    monkeypatch.setattr(winograd, "INFERENCE_MIN", (1, 1))
+    vae = _tiny_vae("auto").eval()
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+
+    def run():
+        with torch.no_grad():
+            vae(x, sample_posterior=False)
+
+    vae.set_conv_algorithm("direct")
+    direct = count_flops(run)
+    vae.set_conv_algorithm("auto")
+    assert count_flops(run) < direct  # Winograd's own GEMMs
+    assert count_flops(run, vae) == direct
+    assert vae.config["conv_algorithm"] == "auto"  # restored after counting
+
+    row = conv_case(64, 64, 5, 8, 12, 3, 1, 1)
+    assert row["forward_gflop"] == pytest.approx(2 * 64 * 3 * 8 * 12 * 64 * 27 / 1e9)
+    assert row["max_rel_diff"] < 1e-4
+    assert row["train_direct_s"] > 0 and row["train_winograd_s"] > 0

@@ -90,11 +90,8 @@ def run(ctx: Context) -> dict:
     a = ctx.args
     peak = (ctx.conv_peak or {}).get("fp32")
     rows = []
-    for cin, cout, t, size, kt, where in SHAPES:
-        row = {
-            "where": where,
-            **in_process(conv_case, cin, cout, t, size, kt, a.threads, a.repeats),
-        }
+    for *shape, where in SHAPES:
+        row = {"where": where, **in_process(conv_case, *shape, a.threads, a.repeats)}
         for part in ("forward", "train"):
             for algo in ("direct", "winograd"):
                 gflops = row[f"{part}_gflop"] / row[f"{part}_{algo}_s"]
