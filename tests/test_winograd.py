@@ -189,3 +189,26 @@ def test_benchmark_counts_winograd_convs_as_the_direct_convs_they_compute(monkey
     assert row["forward_gflop"] == pytest.approx(2 * 64 * 3 * 8 * 12 * 64 * 27 / 1e9)
     assert row["max_rel_diff"] < 1e-4
     assert row["train_direct_s"] > 0 and row["train_winograd_s"] > 0
+
+
+def test_reused_workspace_leaves_no_stale_values_between_calls():
+    """Without a graph the transforms run in reused scratch buffers: calls of other sizes in
+    between (larger, smaller, partial tiles) must not leak into a result, and results stay
+    valid while later calls run."""
+    torch.manual_seed(0)
+    shapes = [(2, 6, 5, 13, 11), (1, 6, 3, 4, 4), (1, 6, 7, 16, 20), (2, 6, 5, 13, 11)]
+    w = torch.randn(3, 6, 3, 3, 3, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    with torch.no_grad():
+        pairs = []
+        for shape in shapes:
+            x = torch.randn(shape, dtype=torch.float64)
+            pairs.append((winograd_conv3d(x, w, b), F.conv3d(x, w, b, padding=(0, 1, 1))))
+    for ours, ref in pairs:
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    winograd.clear_workspace()
+    x = torch.randn(shapes[0], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            winograd_conv3d(x, w), F.conv3d(x, w, padding=(0, 1, 1)), rtol=1e-12, atol=1e-12
+        )
