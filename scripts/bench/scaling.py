@@ -288,7 +288,9 @@ def _wfvae_case(
             return model.decode(z, chunk_size=size).video
 
     # The window opens before the first (cold) call, which also counts the FLOPs and warms up:
-    # memory the warm-up freed would otherwise be reused unseen by the timed calls.
+    # memory the warm-up freed would otherwise be reused unseen by the timed calls. That call
+    # runs the direct convs (FLOPs count Winograd convs as the direct convs they compute), so
+    # Winograd's scratch buffers are first touched by the timed calls, inside the window.
     base = open_window()
     with direct_convs(model):
         flops, attention = count_flops_split(run)
