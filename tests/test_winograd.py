@@ -65,7 +65,10 @@ def test_applies_only_where_it_computes_the_same_conv_and_pays():
     assert winograd_applies(x[..., :31], w, *ok)  # any width: partial tiles
     assert not winograd_applies(x[:, :64], w[:, :64], *ok)  # too few channels for inference
     assert not winograd_applies(x[:, :, :3, :16, :16], w, *ok)  # too few output positions
-    # Training takes it from fewer channels / positions (oneDNN's backward is slow there).
+    # Training at batch 1 takes it from fewer channels / positions (oneDNN's batch-1 backward
+    # is slow there); at batch 2 that backward is fast and narrow convs stay direct.
+    assert not winograd_applies(torch.randn(2, 32, 3, 16, 48).requires_grad_(), w[:32, :32], *ok)
+    assert winograd_applies(torch.randn(2, 128, 3, 64, 64).requires_grad_(), w[:, :128], *ok)
     narrow, wn = torch.randn(1, 32, 3, 16, 48), w[:32, :32]  # 768 output positions
     assert not winograd_applies(narrow, wn, *ok)
     assert winograd_applies(narrow.clone().requires_grad_(), wn, *ok)
@@ -109,8 +112,8 @@ def test_model_trains_and_streams_the_same_with_winograd(monkeypatch):
     """With the thresholds lowered so that every stride-1 3x3 conv of a tiny WF-VAE takes
     Winograd: the same reconstruction and gradients as conv_algorithm="direct", and chunked
     decoding still equals the full decode."""
-    monkeypatch.setattr(winograd, "TRAINING_MIN", (1, 1))
-    monkeypatch.setattr(winograd, "INFERENCE_MIN", (1, 1))
+    for limits in ("TRAINING_MIN", "TRAINING_MIN_BATCH1", "INFERENCE_MIN"):
+        monkeypatch.setattr(winograd, limits, (1, 1))
     calls = []
     apply = winograd._OutputTransform.apply
     monkeypatch.setattr(

@@ -15,10 +15,9 @@ GEMMs with the Kronecker products of the 1D matrices (``[36, 36] @ [36, everythi
 
 Why by hand: oneDNN has Winograd only for 2D convs and PyTorch does not expose it; NNPACK
 (built into the CPU wheel) fails to initialise on this machine. On the 2-core Xeon the wide
-convs of WF-VAE-L run 1.4-2.6x faster than oneDNN's direct kernel, and forward + backward of
-the 32-320-channel convs of the smaller models 1.6-4.8x (``scripts/bench/winograd.py``
-measures the models' shapes); :func:`winograd_applies` keeps the direct conv where it is not
-slower.
+convs of WF-VAE-L run 1.4-2.8x faster than oneDNN's direct kernel, and forward + backward of
+128-896-channel convs 1.4-3.2x (``scripts/bench/winograd.py`` measures the models' shapes);
+:func:`winograd_applies` keeps the direct conv where it is not faster.
 
 Numerics: F(4x4, 3x3) is the usual trade (cuDNN's and oneDNN's fp32 Winograd): its transforms
 have coefficients up to 8 and 1/24, so its float32 error is about 1e-5 of the output's scale,
@@ -42,13 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# (input channels, output positions T * H * W) from which Winograd pays, measured on the 2-core
-# Xeon (scripts/bench/winograd.py). Forward only (no graph): 128 channels at 5 x 16 x 48 win
-# 1.3x, 64 channels lose up to 1.5x, and below ~1000 positions the weight transform, redone on
-# every call, outweighs the saving. Training (forward + backward): oneDNN's backward is slow
-# for narrow batch-1 convs, so Winograd wins 1.4-4.8x from 32 channels and ~800 positions up.
+# (input channels, output positions T * H * W per clip) from which Winograd pays, measured on
+# the 2-core Xeon (scripts/bench/winograd.py). Forward only (no graph): 128 channels at 5 x 16 x
+# 48 win 1.4x, 64 channels break even, and below ~1000 positions the weight transform, redone
+# on every call, outweighs the saving. Training (forward + backward) at batch 1: oneDNN's
+# backward is slow for narrow batch-1 convs, so Winograd wins 2.5x from 32 channels. At batch 2
+# and more that backward is fast again: 64 channels lose (0.8x at 32 x 96), 128 channels win
+# from ~5000 positions (1.4-1.6x) and break even at 2300.
 INFERENCE_MIN = (128, 1024)
-TRAINING_MIN = (32, 768)
+TRAINING_MIN_BATCH1 = (32, 768)
+TRAINING_MIN = (128, 4096)
 
 _M, _A = 4, 6  # output tile 4 x 4 from input tile 6 x 6
 # F(4, 3) of Lavin & Gray: B^T (input), G (kernel), A^T (output).
@@ -93,9 +95,13 @@ def winograd_applies(
     """Whether :func:`winograd_conv3d` computes this ``conv3d`` (space padded by ``padding``):
     a float32 CPU conv outside autocast with a ``(k_t, 3, 3)`` kernel, unit stride and dilation,
     space padding 1, no time padding, one group, and at least the input channels and output
-    positions of :data:`TRAINING_MIN` when a gradient will flow, :data:`INFERENCE_MIN` when not."""
+    positions of :data:`INFERENCE_MIN` without a graph, of :data:`TRAINING_MIN_BATCH1` or
+    :data:`TRAINING_MIN` (batch 1 or more) with one."""
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    min_channels, min_positions = TRAINING_MIN if grad else INFERENCE_MIN
+    if not grad:
+        min_channels, min_positions = INFERENCE_MIN
+    else:
+        min_channels, min_positions = TRAINING_MIN_BATCH1 if x.shape[0] == 1 else TRAINING_MIN
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32

@@ -1,8 +1,9 @@
-"""Section ``winograd`` (only when named): Winograd F(2x2, 3x3) (wfvae/winograd.py) against
+"""Section ``winograd`` (only when named): Winograd F(4x4, 3x3) (wfvae/winograd.py) against
 oneDNN's direct convolution, float32, one conv at a time, forward (no grad) and forward +
 backward (input, weight and bias gradients), at the conv shapes of WF-VAE-L's 17 x 128^2 decode
 and of the bc64 9 x 128^2 training step, and at the narrow shapes where it does not pay (below
-``wfvae.winograd.INFERENCE_MIN`` / ``TRAINING_MIN``, kept on the direct conv).
+``wfvae.winograd.INFERENCE_MIN`` / ``TRAINING_MIN_BATCH1``, kept on the direct conv; the section
+times batch 1).
 
 Rows: shape, ``applies_inference`` / ``applies_training`` (what ``winograd_applies`` decides
 without and with a gradient), both times, the direct conv's
