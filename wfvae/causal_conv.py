@@ -11,7 +11,7 @@ the stride.
 Frame-wise 2D convs (:class:`FrameConv2d`) are ``(1, k, k)`` 3D convs on ``[B, C, T, H, W]``,
 which avoids the ``(b t) c h w`` reshape copy and keeps channels-last activations as they are.
 
-Both take Winograd F(2x2, 3x3) (:mod:`wfvae.winograd`) for wide float32 3x3 convs on the CPU
+Both take Winograd F(4x4, 3x3) (:mod:`wfvae.winograd`) for wide float32 3x3 convs on the CPU
 while their ``winograd`` flag is on (the default; ``WFVAE(conv_algorithm="direct")`` clears it).
 """
 

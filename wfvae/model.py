@@ -143,9 +143,9 @@ class WFVAE(nn.Module):
         frames_policy: "error" rejects T != 4n+1; "pad" repeats the last frame up to the next
             4n+1 and crops decoded videos back to T.
         gradient_checkpointing: recompute ResNet blocks in backward (training memory).
-        conv_algorithm: "auto" computes wide float32 3x3 convs on the CPU by Winograd F(2x2,
-            3x3) where it pays (:mod:`wfvae.winograd`; 1.3-2x faster there, float32 error a few
-            times the direct conv's); "direct" always uses PyTorch's convolution.
+        conv_algorithm: "auto" computes wide float32 3x3 convs on the CPU by Winograd F(4x4,
+            3x3) where it measured faster (:mod:`wfvae.winograd`; 1.4-3x there, float32 error
+            about ten times the direct conv's); "direct" always uses PyTorch's convolution.
     """
 
     configs = WFVAE_CONFIGS
@@ -237,7 +237,8 @@ class WFVAE(nn.Module):
                 m.gradient_checkpointing = bool(enabled)
 
     def set_conv_algorithm(self, algorithm: ConvAlgorithm) -> None:
-        """ "auto" (Winograd for the convs where it pays) or "direct" (see the class docstring)."""
+        """Set the conv algorithm: "auto" (Winograd where it pays) or "direct" (see the class
+        docstring)."""
         if algorithm not in ("auto", "direct"):
             raise ValueError(f"conv_algorithm must be 'auto' or 'direct', got {algorithm!r}")
         self.config["conv_algorithm"] = algorithm

@@ -141,7 +141,7 @@ def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
 def direct_convs(model: Any = None) -> Iterator[None]:
     """Run a WF-VAE ``model`` (None: nothing) with direct convolutions inside the block: FLOPs
     are counted so, a conv computed by Winograd counting as the direct conv it equals (the usual
-    "effective FLOPs", not its 2.25x smaller GEMMs)."""
+    "effective FLOPs", not its 4x smaller GEMMs)."""
     algorithm = getattr(model, "config", {}).get("conv_algorithm")
     if algorithm is not None:
         model.set_conv_algorithm("direct")
