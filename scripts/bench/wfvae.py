@@ -108,8 +108,9 @@ def wfvae_case(
 
     mode: fp32 | fp32_direct | bf16_cl (bf16 autocast, channels-last) | bf16w_cl (bf16 weights
     and input, channels-last: half the weight memory, for inference); see
-    :func:`inference_call`. Autocast runs with its weight-cast cache off: the cache keeps a bf16 copy of every weight for the whole call (+0.4 GB for
-    WF-VAE-L) and was also slower here (4.1 vs 3.3 s, L decode 17 x 128^2).
+    :func:`inference_call`. Autocast runs with its weight-cast cache off: the cache keeps a
+    bf16 copy of every weight for the whole call (+0.4 GB for WF-VAE-L) and was also slower here
+    (4.1 vs 3.3 s, L decode 17 x 128^2).
     """
     import torch
 
