@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import wfvae.winograd as winograd
-from wfvae.model import WFVAE
+from wfvae.model import WFVAE, wfvae_config
 from wfvae.winograd import winograd_applies, winograd_conv3d
 
 
@@ -97,15 +97,7 @@ def _assert_close_to_scale(a: torch.Tensor, b: torch.Tensor, tol: float, what: s
 
 def _tiny_vae(algorithm: str) -> WFVAE:
     torch.manual_seed(0)
-    return WFVAE(
-        latent_dim=4,
-        base_channels=8,
-        encoder_num_resblocks=1,
-        decoder_num_resblocks=1,
-        encoder_energy_flow_hidden_size=8,
-        decoder_energy_flow_hidden_size=8,
-        conv_algorithm=algorithm,
-    )
+    return WFVAE(**wfvae_config("tiny", conv_algorithm=algorithm))
 
 
 def test_model_trains_and_streams_the_same_with_winograd(monkeypatch):

@@ -171,8 +171,6 @@ class WFVAE(nn.Module):
         super().__init__()
         if frames_policy not in ("error", "pad"):
             raise ValueError(f"frames_policy must be 'error' or 'pad', got {frames_policy!r}")
-        if conv_algorithm not in ("auto", "direct"):
-            raise ValueError(f"conv_algorithm must be 'auto' or 'direct', got {conv_algorithm!r}")
         for name, v in (
             ("latent_dim", latent_dim),
             ("base_channels", base_channels),

@@ -34,6 +34,7 @@ beyond the edge read zeros and their outputs are dropped).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -79,9 +80,15 @@ _AT = (
 
 
 def _kron(m: tuple, like: Tensor) -> Tensor:
-    """The 2D transform of a 1D one: ``kron(m, m)`` in ``like``'s dtype and device."""
+    """The 2D transform of a 1D one: ``kron(m, m)`` in ``like``'s dtype and device (built once
+    per matrix, dtype and device; every conv call uses four)."""
+    return _kron_as(m, like.dtype, like.device)
+
+
+@functools.cache
+def _kron_as(m: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     t = torch.tensor(m, dtype=torch.float64)
-    return torch.kron(t, t).to(dtype=like.dtype, device=like.device)
+    return torch.kron(t, t).to(dtype=dtype, device=device)
 
 
 def winograd_applies(
