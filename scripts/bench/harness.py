@@ -137,6 +137,13 @@ def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return min(times)
 
 
+def set_mode_convs(model: Any, mode: str) -> None:
+    """Mode ``fp32_direct``: the WF-VAE ``model`` without Winograd; other modes keep its
+    default conv algorithm."""
+    if mode == "fp32_direct":
+        model.set_conv_algorithm("direct")
+
+
 @contextmanager
 def direct_convs(model: Any = None) -> Iterator[None]:
     """Run a WF-VAE ``model`` (None: nothing) with direct convolutions inside the block: FLOPs

@@ -18,6 +18,7 @@ from scripts.bench.harness import (
     emit,
     in_process,
     references,
+    set_mode_convs,
     set_threads,
     start_peak_window,
     timeit,
@@ -44,8 +45,7 @@ def inference_call(model, x, op: str, mode: str, chunk: int | None = None):
     (bf16 autocast, channels-last) | bf16w_cl (bf16 weights and input, channels-last)."""
     import torch
 
-    if mode == "fp32_direct":
-        model.set_conv_algorithm("direct")
+    set_mode_convs(model, mode)
     with torch.no_grad():
         z = model.encode(x).posterior.mode()
     if mode.endswith("_cl"):

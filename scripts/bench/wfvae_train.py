@@ -13,9 +13,9 @@ like-for-like ratio (rows ``implementation``: reference, full recipe, the refere
 
 Modes: fp32 (our default convs: Winograd where it pays) | fp32_direct (direct convs only; both
 against the one fp32 reference row) | bf16_cl (bf16 autocast, channels-last model and input; the
-reference under the same autocast, in its own memory layout). FLOPs count every conv as the
-direct conv (``harness.direct_convs``). Rows: time, FLOPs (FlopCounterMode; attention on CPU uncounted, see
-scripts/bench/scaling.py), GFLOP/s, fraction of the conv peak, peak RSS; ``speedup_vs_reference``
+reference under the same autocast, in its own memory layout). Rows: time, FLOPs
+(FlopCounterMode, every conv counted as the direct conv: ``harness.direct_convs``; attention on
+CPU uncounted, see scripts/bench/scaling.py), GFLOP/s, fraction of the conv peak, peak RSS; ``speedup_vs_reference``
 when the published code ran in the same run.
 """
 
@@ -31,6 +31,7 @@ from scripts.bench.harness import (
     emit,
     in_process,
     rss_mb,
+    set_mode_convs,
     set_threads,
     timeit,
 )
@@ -81,8 +82,7 @@ def full_recipe_step(
     device_type = torch.device(device).type
     torch.manual_seed(0)
     model = WFVAE(**net_kwargs).train().to(device)
-    if mode == "fp32_direct":
-        model.set_conv_algorithm("direct")
+    set_mode_convs(model, mode)
     disc = PatchDiscriminator3D(in_channels=3, ndf=64, n_layers=4, norm="batch").to(device)
     loss = WFVAELoss(
         perceptual_weight=0.0,
@@ -178,8 +178,7 @@ def ours_matched_case(name: str, frames: int, size: int, mode: str, threads: int
     set_threads(threads)
     torch.manual_seed(0)
     model = WFVAE(**wfvae_config(name)).train()
-    if mode == "fp32_direct":
-        model.set_conv_algorithm("direct")
+    set_mode_convs(model, mode)
     x = torch.rand(1, 3, frames, size, size) * 2 - 1
     if mode.endswith("_cl"):
         model = model.to(memory_format=torch.channels_last_3d)
