@@ -244,7 +244,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["fp32", "bf16_cl"],
         help="fp32 | fp32_cl | bf16 | bf16_cl | bf16sde_cl (_cl: channels-last model and input; "
         "bf16sde: the SDE's drift / diffusion nets in bf16 too, opt-in), each optionally with "
-        "@N: the SDE solve on N threads (e.g. bf16sde_cl@1)",
+        "@N: the SDE solve on N threads (e.g. bf16sde_cl@1), and in stdiff_train with +compile: "
+        "the UNet under torch.compile, timed after the compile (e.g. bf16sde_cl@1+compile)",
+    )
+    p.add_argument(
+        "--stdiff-adjoint",
+        choices=["both", "on", "off"],
+        default="both",
+        help="stdiff_train's reduced rows: SDE adjoint on (as published), off, or both",
     )
     g = p.add_argument_group("scaling")
     g.add_argument(

@@ -3,7 +3,9 @@ of a mode, the conv peak per thread count and the ratios to the published code's
 
 Modes: fp32 | fp32_cl | bf16 | bf16_cl | bf16sde_cl (_cl: channels-last model and input;
 bf16sde: the SDE's drift / diffusion nets in bf16 too, TDE ``sde_compute_dtype``), each
-optionally with ``@N``: the SDE solve on N intra-op threads (TDE ``sde_threads``). Sizes (H, W):
+optionally with ``@N``: the SDE solve on N intra-op threads (TDE ``sde_threads``), and with
+``+compile``: the UNet under ``torch.compile`` (what ``compile=true`` does in training,
+STDiffModule.compile_networks; timed after the compile, only in ``stdiff_train``). Sizes (H, W):
 reduced 64 x 128, kitti_range 64 x 512, tiny 16 x 32.
 """
 
@@ -25,12 +27,33 @@ def conv_peaks(ctx: Context) -> dict:
     return {"stdiff_conv_peak_gflops": {str(n): p for n, p in ctx.stdiff_peaks.items()}}
 
 
+COMPILE_SUFFIX = "+compile"
+
+
+def split_compile(mode: str) -> tuple[str, bool]:
+    """``"bf16sde_cl@1+compile"`` -> ``("bf16sde_cl@1", True)``; a mode without the suffix ->
+    ``(mode, False)``."""
+    if mode.endswith(COMPILE_SUFFIX):
+        return mode[: -len(COMPILE_SUFFIX)], True
+    return mode, False
+
+
+def eager_modes(ctx: Context) -> list[str]:
+    """``--stdiff-modes`` without the ``+compile`` ones (the sections other than stdiff_train)."""
+    return [m for m in ctx.args.stdiff_modes if not split_compile(m)[1]]
+
+
 def stdiff_model(config: str, mode: str, adjoint: bool = True, checkpointing: bool = False):
     """The named STDiff configuration (seed 0) in a mode of the module docstring."""
     import torch
 
     from stdiff import STDiff, stdiff_config
 
+    if split_compile(mode)[1]:
+        raise ValueError(
+            f"STDiff benchmark mode {mode!r}: {COMPILE_SUFFIX} is taken by stdiff_train only "
+            f"(it compiles after counting the eager step's FLOPs)"
+        )
     torch.manual_seed(0)
     mode, _, sde_threads = mode.partition("@")
     # bf16sde_cl: bf16_cl with the SDE's nets under bf16 autocast too (TDE sde_compute_dtype).

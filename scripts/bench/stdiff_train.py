@@ -3,11 +3,14 @@ frames, AdamW) -- the reduced 64 x 128 configuration in every mode, SDE adjoint 
 published code) and off; the kitti_range 64 x 512 one for time and peak RSS minus baseline
 (bf16 channels-last with and without gradient checkpointing, fp32 with it; and, when named,
 bf16sde_cl: the SDE's nets in bf16 too, adjoint on and off). With ``--reference-stdiff``, the
-published reduced step is timed first in the same run (scripts/bench/stdiff_reference.py)."""
+published reduced step is timed first in the same run (scripts/bench/stdiff_reference.py).
+``--stdiff-adjoint`` picks the reduced rows' adjoint setting(s); a ``+compile`` mode times the
+step with the UNet under ``torch.compile`` after the compile (its seconds in ``compile_s``)."""
 
 from __future__ import annotations
 
 import os
+import time
 
 from scripts.bench.harness import (
     Context,
@@ -20,6 +23,7 @@ from scripts.bench.harness import (
 )
 from scripts.bench.stdiff import (
     add_reference_ratios,
+    split_compile,
     stdiff_threads,
     train_step,
     training_step_parts,
@@ -36,24 +40,40 @@ def stdiff_train_case(
 ) -> dict:
     """One training step, batch 1, 3 -> 3 frames (forward + backward + clip + AdamW), in a
     fresh process: time, FLOPs (FlopCounterMode on one more step), peak RSS of the timed steps
-    and the same minus the process's RSS before the model was built."""
+    and the same minus the process's RSS before the model was built.
+
+    A ``+compile`` mode counts the FLOPs on the eager step first (FlopCounterMode around the
+    compiled one would recompile), then compiles the UNet in place, as training's
+    ``compile=true`` does, and times the first compiled step (``compile_s``) before the timed
+    ones; its peak RSS then includes the compiler's."""
     set_threads(threads)
     baseline = rss_mb()
-    model, opt, loss_fn = training_step_parts(config, mode, adjoint, checkpointing)
+    base_mode, compiled = split_compile(mode)
+    model, opt, loss_fn = training_step_parts(config, base_mode, adjoint, checkpointing)
     step = train_step(model, opt, loss_fn)
 
+    extra = {}
+    if compiled:
+        flops = count_flops(step)
+        model.unet.compile()
+        t0 = time.perf_counter()
+        step()
+        extra["compile_s"] = time.perf_counter() - t0
     # The warm-up step also allocates AdamW's state: the timed step's peak is the steady one
     # (activations + weights + gradients + optimiser state). FLOPs are counted last:
     # FlopCounterMode raises the peak memory.
     seconds = timeit(step, repeats, warmup=1)
     peak = rss_mb()
-    flops = count_flops(step)
+    if not compiled:
+        flops = count_flops(step)
     return {
         "config": config,
         "mode": mode,
         "threads": threads,
         "adjoint": adjoint,
         "gradient_checkpointing": checkpointing,
+        "compiled_unet": compiled,
+        **extra,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "time_s": seconds,
         "gflop": flops / 1e9,
@@ -63,6 +83,10 @@ def stdiff_train_case(
         "peak_minus_baseline_mb": peak - baseline,
         "loadavg": os.getloadavg(),
     }
+
+
+#: --stdiff-adjoint -> the reduced rows' SDE adjoint settings.
+ADJOINT_SETTINGS = {"both": (True, False), "on": (True,), "off": (False,)}
 
 
 def run_reduced(ctx: Context) -> dict:
@@ -85,7 +109,7 @@ def run_reduced(ctx: Context) -> dict:
             )
             published.append(ref)
         for mode in ctx.args.stdiff_modes:
-            for adjoint in (True, False):
+            for adjoint in ADJOINT_SETTINGS[ctx.args.stdiff_adjoint]:
                 r = in_process(
                     stdiff_train_case, "reduced", mode, n, ctx.args.repeats, adjoint=adjoint
                 )

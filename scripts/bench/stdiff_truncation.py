@@ -8,7 +8,13 @@ import os
 import time
 
 from scripts.bench.harness import Context, in_process, set_threads
-from scripts.bench.stdiff import STDIFF_SIZES, autocast, stdiff_model, stdiff_threads
+from scripts.bench.stdiff import (
+    STDIFF_SIZES,
+    autocast,
+    eager_modes,
+    stdiff_model,
+    stdiff_threads,
+)
 
 OPTIONS = [
     {"key_every": 2, "switch_fraction": 0.5},
@@ -76,6 +82,6 @@ def run(ctx: Context) -> dict:
     return {
         "stdiff_truncation_speed": [
             in_process(stdiff_truncation_speed, "reduced", mode, n, 6, 50, OPTIONS)
-            for mode in ctx.args.stdiff_modes
+            for mode in eager_modes(ctx)
         ]
     }

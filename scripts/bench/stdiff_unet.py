@@ -11,6 +11,7 @@ from scripts.bench.stdiff import (
     STDIFF_SIZES,
     add_reference_ratios,
     autocast,
+    eager_modes,
     stdiff_model,
     stdiff_threads,
 )
@@ -66,7 +67,7 @@ def stdiff_unet_eval_case(config: str, mode: str, threads: int, repeats: int) ->
 def run(ctx: Context) -> dict:
     rows = []
     for n in stdiff_threads(ctx):
-        for mode in ctx.args.stdiff_modes:
+        for mode in eager_modes(ctx):
             r = in_process(stdiff_unet_eval_case, "kitti_range", mode, n, ctx.args.repeats)
             rows.append(emit(add_reference_ratios(r, ctx.stdiff_peaks[n])))
     return {"stdiff_unet_eval_kitti_range": rows}

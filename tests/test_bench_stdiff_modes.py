@@ -1,0 +1,51 @@
+"""The STDiff benchmark's mode grammar: ``+compile`` (the UNet under torch.compile, stdiff_train
+only) and ``--stdiff-adjoint`` reaching the reduced rows. (The compiled figures themselves are
+minutes of compiling: README, Benchmarks.)"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from scripts.bench import stdiff_train
+from scripts.bench.stdiff import eager_modes, split_compile, stdiff_model
+from scripts.benchmark import parse_args
+
+
+def test_compile_suffix_is_split_off():
+    assert split_compile("bf16sde_cl@1+compile") == ("bf16sde_cl@1", True)
+    assert split_compile("fp32_cl+compile") == ("fp32_cl", True)
+    assert split_compile("bf16sde_cl@1") == ("bf16sde_cl@1", False)
+
+
+def test_compile_modes_are_refused_outside_stdiff_train():
+    # Left to stdiff_model, "@1+compile" would reach int() and fail without naming the mode.
+    with pytest.raises(ValueError, match=r"'bf16sde_cl@1\+compile'.*stdiff_train only"):
+        stdiff_model("tiny", "bf16sde_cl@1+compile")
+    ctx = SimpleNamespace(args=SimpleNamespace(stdiff_modes=["fp32", "bf16_cl+compile", "fp32@1"]))
+    assert eager_modes(ctx) == ["fp32", "fp32@1"]
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("off", [False]), ("both", [True, False])])
+def test_stdiff_adjoint_picks_the_reduced_rows(monkeypatch, flag, expected):
+    calls = []
+
+    def record(fn, config, mode, threads, repeats, adjoint=True, checkpointing=False):
+        calls.append((fn.__name__, config, mode, adjoint))
+        return {"mode": mode}
+
+    monkeypatch.setattr(stdiff_train, "in_process", record)
+    monkeypatch.setattr(stdiff_train, "add_reference_ratios", lambda row, peak: row)
+    args = parse_args(
+        ["--only", "stdiff_train", "--stdiff-modes", "fp32", "bf16_cl+compile"]
+        + ["--stdiff-adjoint", flag]
+    )
+    ctx = SimpleNamespace(args=args, stdiff_peaks={args.threads: 1.0})
+    out = stdiff_train.run_reduced(ctx)
+    assert calls == [
+        ("stdiff_train_case", "reduced", mode, adjoint)
+        for mode in ("fp32", "bf16_cl+compile")
+        for adjoint in expected
+    ]
+    assert [r["mode"] for r in out["stdiff_train_reduced"]] == [c[2] for c in calls]
