@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from tests.conftest import REFERENCE_DIR, ROOT, require_reference
@@ -608,3 +609,40 @@ def test_training_checkpoint_resumes_counters_and_loads_for_eval_without_disc(tm
         make_trainer(tmp_path, max_epochs=2).fit(
             make_module(disc=False), loader(n=4), ckpt_path=tmp_path / "c" / "last.ckpt"
         )
+
+
+class _CountConvBackward(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.ops.aten.convolution_backward.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_compiled_network_traces_fp32_and_keeps_the_adaptive_weight_gradient_local():
+    # compile=true. The GAN's adaptive weight takes the gradient w.r.t. the decoder's last conv
+    # alone; eager autograd runs only the backward below that conv. Inside one compiled graph,
+    # whose backward computes every input's gradient, it would run the whole network's (56
+    # conv backwards here against 2). aot_eager: AOTAutograd's joint graph, as inductor
+    # builds it, without the C++ compile. The fp32 input also checks that tracing works at all
+    # (conv3d()'s direct oneDNN op cannot be traced).
+    x = Clips(n=1)[0]["video"][None]
+    results = []
+    for compiled in (False, True):
+        module = make_module()
+        if compiled:
+            module.compile_networks(backend="aot_eager")
+        out = module.net(x, sample_posterior=False)
+        loss = out.recon.abs().mean()
+        with _CountConvBackward() as count:
+            (grad,) = torch.autograd.grad(loss, module.net.get_last_layer())
+        results.append((out.recon.detach(), grad, count.calls))
+    (recon_e, grad_e, calls_e), (recon_c, grad_c, calls_c) = results
+    # Other conv kernels than eager (F.conv3d, not oneDNN direct): fp32 rounding apart.
+    torch.testing.assert_close(recon_c, recon_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-6)
+    assert calls_c == calls_e
+    # The state-dict keys do not depend on compile (checkpoints load either way).
+    assert all(k.startswith(("net.", "loss.")) for k in module.state_dict())

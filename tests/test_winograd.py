@@ -79,6 +79,16 @@ def test_applies_only_where_it_computes_the_same_conv_and_pays():
     assert not winograd_applies(x.bfloat16(), w.bfloat16(), *ok)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not winograd_applies(x, w, *ok)
+    # Not while torch.compile traces (compile=true): the compiler picks its own kernels.
+    seen = []
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def traced(x):
+        seen.append(winograd_applies(x, w, *ok))
+        return x + 1
+
+    traced(x)
+    assert seen == [False]
 
 
 def test_refuses_shapes_it_cannot_compute():

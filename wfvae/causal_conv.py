@@ -44,11 +44,13 @@ def conv3d(
     20480 to its im2col kernel, 3x slower than oneDNN for a 3x3x3 kernel. Short chunks of a
     streaming decode (2 latent frames, 16^2) hit it in every block, which made chunked decode
     1.3-1.5x slower than a full one. ``mkldnn_convolution`` is the op the heuristic picks for
-    larger inputs (same kernel, same numbers, autograd included); autocast and other devices
-    keep ``F.conv3d``.
+    larger inputs (same kernel, same numbers, autograd included); autocast, other devices and
+    ``torch.compile`` keep ``F.conv3d`` (tracing the oneDNN op directly fails: the compiler's
+    fake tensors cannot run it).
     """
     if (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() == 5

@@ -103,7 +103,10 @@ def winograd_applies(
     a float32 CPU conv outside autocast with a ``(k_t, 3, 3)`` kernel, unit stride and dilation,
     space padding 1, no time padding, one group, and at least the input channels and output
     positions of :data:`INFERENCE_MIN` without a graph, of :data:`TRAINING_MIN_BATCH1` or
-    :data:`TRAINING_MIN` (batch 1 or more) with one."""
+    :data:`TRAINING_MIN` (batch 1 or more) with one. Never while ``torch.compile`` traces: the
+    compiler picks its own conv kernels, and the workspace is state it should not trace."""
+    if torch.compiler.is_compiling():
+        return False
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if not grad:
         min_channels, min_positions = INFERENCE_MIN
