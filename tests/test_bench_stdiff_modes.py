@@ -49,3 +49,30 @@ def test_stdiff_adjoint_picks_the_reduced_rows(monkeypatch, flag, expected):
         for adjoint in expected
     ]
     assert [r["mode"] for r in out["stdiff_train_reduced"]] == [c[2] for c in calls]
+
+
+def test_published_step_brackets_our_rows_and_ratios_take_the_faster(monkeypatch):
+    # The machine's speed drifts within a run: the published step is timed before and after
+    # ours, and every ratio is against the faster of the two (the conservative one).
+    published_times = iter([3.0, 2.0])
+    calls = []
+
+    def fake(fn, *args, **kwargs):
+        calls.append(fn.__name__)
+        if fn.__name__ == "reference_step_case":
+            return {"time_s": next(published_times)}
+        return {"mode": args[1], "time_s": 0.5}
+
+    monkeypatch.setattr(stdiff_train, "in_process", fake)
+    monkeypatch.setattr(stdiff_train, "add_reference_ratios", lambda row, peak: row)
+    args = parse_args(
+        ["--only", "stdiff_train", "--stdiff-modes", "fp32", "bf16_cl", "--stdiff-adjoint", "on"]
+        + ["--reference-stdiff", "/nonexistent"]
+    )
+    ctx = SimpleNamespace(args=args, stdiff_peaks={args.threads: 1.0})
+    out = stdiff_train.run_reduced(ctx)
+    assert calls == ["reference_step_case", "stdiff_train_case", "stdiff_train_case"] + [
+        "reference_step_case"
+    ]
+    assert [r["when"] for r in out["stdiff_train_reduced_published"]] == ["before", "after"]
+    assert [r["speedup_vs_published_same_run"] for r in out["stdiff_train_reduced"]] == [4.0, 4.0]

@@ -85,37 +85,48 @@ def stdiff_train_case(
     }
 
 
+def _published_step(ctx: Context, threads: int, when: str) -> dict:
+    """The published reduced step (scripts/bench/stdiff_reference.py), timed ``when`` (before
+    or after our rows), in a fresh process."""
+    from scripts.bench.stdiff_reference import reference_step_case
+
+    row = in_process(
+        reference_step_case,
+        ctx.args.reference_stdiff,
+        ctx.args.reference_stdiff_path,
+        threads,
+        ctx.args.repeats,
+    )
+    return emit({**row, "when": when})
+
+
 #: --stdiff-adjoint -> the reduced rows' SDE adjoint settings.
 ADJOINT_SETTINGS = {"both": (True, False), "on": (True,), "off": (False,)}
 
 
 def run_reduced(ctx: Context) -> dict:
-    """Every mode, SDE adjoint on and off; with ``--reference-stdiff``, the published step
-    first (same run, same threads) and every row's ``speedup_vs_published_same_run``."""
+    """Every mode, SDE adjoint on and / or off; with ``--reference-stdiff``, the published step
+    before and after them (same run, same threads) and every row's
+    ``speedup_vs_published_same_run`` against the faster of those two."""
     rows, published = [], []
     for n in stdiff_threads(ctx):
-        ref = None
-        if ctx.args.reference_stdiff:
-            from scripts.bench.stdiff_reference import reference_step_case
-
-            ref = emit(
-                in_process(
-                    reference_step_case,
-                    ctx.args.reference_stdiff,
-                    ctx.args.reference_stdiff_path,
-                    n,
-                    ctx.args.repeats,
-                )
-            )
-            published.append(ref)
+        refs = [_published_step(ctx, n, "before")] if ctx.args.reference_stdiff else []
+        ours = []
         for mode in ctx.args.stdiff_modes:
             for adjoint in ADJOINT_SETTINGS[ctx.args.stdiff_adjoint]:
                 r = in_process(
                     stdiff_train_case, "reduced", mode, n, ctx.args.repeats, adjoint=adjoint
                 )
-                if ref is not None:
-                    r["speedup_vs_published_same_run"] = ref["time_s"] / r["time_s"]
-                rows.append(emit(add_reference_ratios(r, ctx.stdiff_peaks[n])))
+                ours.append(emit(add_reference_ratios(r, ctx.stdiff_peaks[n])))
+        if refs:
+            # Timed before and after our rows: the machine's speed drifts by up to a third
+            # within the hour a run takes here. Ratios are against the faster of the two.
+            refs.append(_published_step(ctx, n, "after"))
+            fastest = min(ref["time_s"] for ref in refs)
+            for r in ours:
+                r["speedup_vs_published_same_run"] = fastest / r["time_s"]
+        published += refs
+        rows += ours
     out = {"stdiff_train_reduced": rows}
     if published:
         out["stdiff_train_reduced_published"] = published
