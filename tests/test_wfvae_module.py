@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import math
+import pickle
 from functools import partial
 from pathlib import Path
 
@@ -646,3 +647,10 @@ def test_compiled_network_traces_fp32_and_keeps_the_adaptive_weight_gradient_loc
     assert calls_c == calls_e
     # The state-dict keys do not depend on compile (checkpoints load either way).
     assert all(k.startswith(("net.", "loss.")) for k in module.state_dict())
+    # A deep copy (weight averaging) computes with its own last conv, and the net pickles.
+    twin = copy.deepcopy(module.net).decoder.conv_out
+    with torch.no_grad():
+        twin.weight.zero_()
+        twin.bias.zero_()
+        assert twin(torch.randn(1, twin.in_channels, 2, 4, 4)).abs().max() == 0
+    pickle.dumps(module.net)

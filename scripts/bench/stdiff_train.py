@@ -3,7 +3,8 @@ frames, AdamW) -- the reduced 64 x 128 configuration in every mode, SDE adjoint 
 published code) and off; the kitti_range 64 x 512 one for time and peak RSS minus baseline
 (bf16 channels-last with and without gradient checkpointing, fp32 with it; and, when named,
 bf16sde_cl: the SDE's nets in bf16 too, adjoint on and off). With ``--reference-stdiff``, the
-published reduced step is timed first in the same run (scripts/bench/stdiff_reference.py).
+published reduced step is timed before and after ours in the same run
+(scripts/bench/stdiff_reference.py), the ratios against the faster of the two.
 ``--stdiff-adjoint`` picks the reduced rows' adjoint setting(s); a ``+compile`` mode times the
 step with the UNet under ``torch.compile`` after the compile (its seconds in ``compile_s``)."""
 
