@@ -119,6 +119,28 @@ def test_diagonal_gaussian_closed_form() -> None:
         DiagonalGaussian(torch.zeros(2), torch.zeros(3))
 
 
+def test_posterior_sample_is_randn_in_any_layout_and_compiles_with_dynamic_shapes() -> None:
+    # eps is torch.randn(shape, generator)'s, element for element, also for a channels-last
+    # mean; and torch.compile traces the sampling when shapes change between calls (validation
+    # clips of another length), where randn with a generator argument fails.
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = torch.randn(2, 2, 4, 3, 5, 5, generator=g).unbind(0)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        post = DiagonalGaussian(
+            mean.contiguous(memory_format=layout), logvar.contiguous(memory_format=layout)
+        )
+        eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(3))
+        expected = mean + torch.exp(0.5 * logvar) * eps
+        torch.testing.assert_close(post.sample(torch.Generator().manual_seed(3)), expected)
+
+    @torch.compile(backend="aot_eager", dynamic=True, fullgraph=True)
+    def sample(m: torch.Tensor) -> torch.Tensor:
+        return DiagonalGaussian(m, torch.zeros_like(m)).sample()
+
+    for shape in ((1, 4, 3, 5, 5), (2, 4, 2, 3, 3)):
+        assert sample(torch.zeros(shape)).shape == shape
+
+
 def test_backward_last_layer_and_checkpointing_grads() -> None:
     x = torch.tanh(torch.randn(1, 3, 5, 16, 16))
     grads = []

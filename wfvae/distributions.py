@@ -41,9 +41,10 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         """Reparameterised sample ``mean + std * eps`` (differentiable in mean / logvar)."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
+        # torch.randn(shape, generator=...)'s numbers in its (contiguous) layout, written so that
+        # torch.compile traces it with dynamic shapes, where randn with a generator fails.
+        eps = torch.empty_like(self.mean, memory_format=torch.contiguous_format)
+        eps = eps.normal_(generator=generator)
         return self.mean + self.std * eps
 
     def mode(self) -> Tensor:
