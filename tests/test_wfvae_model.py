@@ -219,3 +219,17 @@ def test_bf16_weights_inference_with_chunks() -> None:
     rel = (recon.float() - ref).norm() / ref.norm()
     assert rel < 0.05, rel
     assert (chunked.float() - recon.float()).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_compiles_as_one_graph(grad: bool) -> None:
+    # compile=true / eval.py compile: one graph without breaks, in training and in no-grad
+    # evaluation. A break in every conv (the no-grad SiLU written into the padded buffer
+    # through an out= view) made dynamo recompile per shape until its limit, then run eager.
+    model = _tiny().train(grad)
+    x = torch.tanh(torch.randn(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(0)))
+    with torch.set_grad_enabled(grad):
+        eager = model(x, sample_posterior=False).recon
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        out = compiled(x, sample_posterior=False).recon
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
