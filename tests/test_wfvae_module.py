@@ -28,6 +28,7 @@ from tests.conftest import REFERENCE_DIR, ROOT, require_reference
 from wavecast.config import ConfigError
 from wavecast.guards import NonFiniteLossError
 from wavecast.metrics import weights as W
+from wfvae.causal_conv import FrameConv2d
 from wfvae.discriminator import PatchDiscriminator3D
 from wfvae.ema import GeneratorEMA
 from wfvae.losses import WFVAELoss
@@ -654,3 +655,7 @@ def test_compiled_network_traces_fp32_and_keeps_the_adaptive_weight_gradient_loc
         twin.bias.zero_()
         assert twin(torch.randn(1, twin.in_channels, 2, 4, 4)).abs().max() == 0
     pickle.dumps(module.net)
+    # Without a discriminator nothing asks for that gradient: the whole network is one graph.
+    plain = make_module(disc=False)
+    plain.compile_networks(backend="aot_eager")
+    assert type(plain.net.decoder.conv_out) is FrameConv2d

@@ -222,7 +222,8 @@ class WFVAEModule(pl.LightningModule):
 
     def compile_networks(self, **compile_kwargs: Any) -> None:
         """``torch.compile`` the network in place (the state-dict keys stay ``net.*``, so
-        checkpoints do not depend on compile), all but the decoder's last conv.
+        checkpoints do not depend on compile); with a discriminator, all but the decoder's last
+        conv.
 
         That conv stays eager because the GAN's adaptive weight takes the losses' gradients
         w.r.t. its weight alone (``get_last_layer``), twice a step. A compiled graph's backward
@@ -231,7 +232,7 @@ class WFVAEModule(pl.LightningModule):
         1.0 s eager (bf16, CPU), and 1.1 s compiled with the conv left out.
         """
         last = self.net.decoder.conv_out  # the layer of net.get_last_layer()
-        if type(last) is FrameConv2d:
+        if self.discriminator is not None and type(last) is FrameConv2d:
             last.__class__ = EagerFrameConv2d  # same parameters and state-dict keys
         self.net.compile(**compile_kwargs)
 
