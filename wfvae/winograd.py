@@ -22,8 +22,8 @@ convs of WF-VAE-L run 1.4-2.8x faster than oneDNN's direct kernel, and forward +
 Numerics: F(4x4, 3x3) is the usual trade (cuDNN's and oneDNN's fp32 Winograd): its transforms
 have coefficients up to 8 and 1/24, so its float32 error is about ten times the direct
 conv's (rms 3.5e-6 of the output against 3.5e-7, at most ~1e-5 of its scale); F(2x2, 3x3)
-would be as accurate as direct but gained only 1.3-2x here. ``WFVAE(conv_algorithm="direct")`` keeps PyTorch's convolution everywhere. Gradients
-come from the same transforms transposed (the backward of the tiled computation): the input
+would be as accurate as direct but gained only 1.3-2x here. ``WFVAE(conv_algorithm="direct")``
+keeps PyTorch's convolution everywhere. Gradients come from the same transforms transposed (the backward of the tiled computation): the input
 gradient is ``B (dM @ U) B^T`` scattered back over the overlapping tiles, the weight gradient
 ``G^T (dM^T @ V) G``.
 
@@ -91,6 +91,11 @@ def _kron_as(m: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.kron(t, t).to(dtype=dtype, device=device)
 
 
+def _graph(x: Tensor, weight: Tensor) -> bool:
+    """Whether autograd records this conv (a gradient will flow to ``x`` or ``weight``)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
 def winograd_applies(
     x: Tensor,
     weight: Tensor,
@@ -107,8 +112,7 @@ def winograd_applies(
     compiler picks its own conv kernels, and the workspace is state it should not trace."""
     if torch.compiler.is_compiling():
         return False
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if not grad:
+    if not _graph(x, weight):
         min_channels, min_positions = INFERENCE_MIN
     else:
         min_channels, min_positions = TRAINING_MIN_BATCH1 if x.shape[0] == 1 else TRAINING_MIN
@@ -322,7 +326,7 @@ def winograd_conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     # Separate autograd nodes, so that a gradient for the weight alone (the GAN's adaptive
     # weight takes one) skips the input transform's backward. With a graph V is saved and M is
     # a node's output: fresh tensors then, scratch buffers otherwise.
-    keep = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    keep = _graph(x, weight)
     v = _InputTransform.apply(x, keep)  # [36, Tp, B * nH * nW, Cin]
     m = _TiledProduct.apply(v, weight_transform(weight), t, keep)  # [36, T * B * tiles, Cout]
     return _OutputTransform.apply(m, bias, (b, t, h, w))

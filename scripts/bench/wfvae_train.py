@@ -15,8 +15,8 @@ Modes: fp32 (our default convs: Winograd where it pays) | fp32_direct (direct co
 against the one fp32 reference row) | bf16_cl (bf16 autocast, channels-last model and input; the
 reference under the same autocast, in its own memory layout). Rows: time, FLOPs
 (FlopCounterMode, every conv counted as the direct conv: ``harness.direct_convs``; attention on
-CPU uncounted, see scripts/bench/scaling.py), GFLOP/s, fraction of the conv peak, peak RSS; ``speedup_vs_reference``
-when the published code ran in the same run.
+CPU uncounted, see scripts/bench/scaling.py), GFLOP/s, fraction of the conv peak, peak RSS;
+``speedup_vs_reference`` when the published code ran in the same run.
 """
 
 from __future__ import annotations
