@@ -253,6 +253,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="both",
         help="stdiff_train's reduced rows: SDE adjoint on (as published), off, or both",
     )
+    p.add_argument(
+        "--stdiff-rounds",
+        type=int,
+        default=1,
+        help="stdiff_train with --reference-stdiff: our rows this many times, the published step "
+        "timed between rounds; each row's ratio against the published timings around its round",
+    )
     g = p.add_argument_group("scaling")
     g.add_argument(
         "--scaling-quick", action="store_true", help="tiny sizes, one process per model (smoke)"

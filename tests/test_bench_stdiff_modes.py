@@ -76,3 +76,58 @@ def test_published_step_brackets_our_rows_and_ratios_take_the_faster(monkeypatch
     ]
     assert [r["when"] for r in out["stdiff_train_reduced_published"]] == ["before", "after"]
     assert [r["speedup_vs_published_same_run"] for r in out["stdiff_train_reduced"]] == [4.0, 4.0]
+
+
+def test_rounds_interleave_the_published_step_and_each_round_takes_its_own_brackets(monkeypatch):
+    # Rounds P r1 P r2 P: a row of round k is against the faster published timing around it,
+    # not against the run's fastest (which may come from another hour).
+    published_times = iter([3.0, 4.0, 2.0])
+    ours_times = iter([1.0, 0.5, 2.0, 1.0])
+    calls = []
+
+    def fake(fn, *args, **kwargs):
+        calls.append(fn.__name__)
+        if fn.__name__ == "reference_step_case":
+            return {"time_s": next(published_times)}
+        return {
+            "mode": args[1],
+            "threads": args[2],
+            "adjoint": kwargs["adjoint"],
+            "time_s": next(ours_times),
+        }
+
+    monkeypatch.setattr(stdiff_train, "in_process", fake)
+    monkeypatch.setattr(stdiff_train, "add_reference_ratios", lambda row, peak: row)
+    args = parse_args(
+        ["--only", "stdiff_train", "--stdiff-modes", "fp32", "bf16_cl", "--stdiff-adjoint", "off"]
+        + ["--reference-stdiff", "/nonexistent", "--stdiff-rounds", "2"]
+    )
+    ctx = SimpleNamespace(args=args, stdiff_peaks={args.threads: 1.0})
+    out = stdiff_train.run_reduced(ctx)
+    ref, case = "reference_step_case", "stdiff_train_case"
+    assert calls == [ref, case, case, ref, case, case, ref]
+    assert [r["when"] for r in out["stdiff_train_reduced_published"]] == [
+        "before",
+        "after round 1",
+        "after",
+    ]
+    rows = out["stdiff_train_reduced"]
+    assert [(r["mode"], r["round"]) for r in rows] == [
+        ("fp32", 1),
+        ("bf16_cl", 1),
+        ("fp32", 2),
+        ("bf16_cl", 2),
+    ]
+    # Round 1 between 3.0 and 4.0 s (against 3.0), round 2 between 4.0 and 2.0 s (against 2.0).
+    assert [r["speedup_vs_published_same_run"] for r in rows] == [3.0, 6.0, 1.0, 2.0]
+    summary = {s["mode"]: s for s in out["stdiff_train_reduced_rounds"]}
+    assert summary["fp32"]["speedup_vs_published_same_run_by_round"] == [3.0, 1.0]
+    assert summary["fp32"]["speedup_vs_published_same_run_median"] == 2.0
+    assert summary["bf16_cl"]["speedup_vs_published_same_run_min"] == 2.0
+
+
+def test_rounds_must_be_positive():
+    args = parse_args(["--only", "stdiff_train", "--stdiff-rounds", "0"])
+    ctx = SimpleNamespace(args=args, stdiff_peaks={args.threads: 1.0})
+    with pytest.raises(ValueError, match="--stdiff-rounds must be >= 1, got 0"):
+        stdiff_train.run_reduced(ctx)

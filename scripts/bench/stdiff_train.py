@@ -4,7 +4,8 @@ published code) and off; the kitti_range 64 x 512 one for time and peak RSS minu
 (bf16 channels-last with and without gradient checkpointing, fp32 with it; and, when named,
 bf16sde_cl: the SDE's nets in bf16 too, adjoint on and off). With ``--reference-stdiff``, the
 published reduced step is timed before and after ours in the same run
-(scripts/bench/stdiff_reference.py), the ratios against the faster of the two.
+(scripts/bench/stdiff_reference.py), the ratios against the faster of the two;
+``--stdiff-rounds N`` repeats our rows N times with the published step between rounds.
 ``--stdiff-adjoint`` picks the reduced rows' adjoint setting(s); a ``+compile`` mode times the
 step with the UNet under ``torch.compile`` after the compile (its seconds in ``compile_s``)."""
 
@@ -106,31 +107,65 @@ ADJOINT_SETTINGS = {"both": (True, False), "on": (True,), "off": (False,)}
 
 
 def run_reduced(ctx: Context) -> dict:
-    """Every mode, SDE adjoint on and / or off; with ``--reference-stdiff``, the published step
-    before and after them (same run, same threads) and every row's
-    ``speedup_vs_published_same_run`` against the faster of those two."""
+    """Every mode, SDE adjoint on and / or off, ``--stdiff-rounds`` times; with
+    ``--reference-stdiff``, the published step before the first round, after each, and every
+    row's ``speedup_vs_published_same_run`` against the faster of the two timings around its
+    round. With several rounds, ``stdiff_train_reduced_rounds`` gives each mode's ratios by round,
+    their median and their minimum."""
     rows, published = [], []
+    rounds = ctx.args.stdiff_rounds
+    if rounds < 1:
+        raise ValueError(f"--stdiff-rounds must be >= 1, got {rounds}")
+    with_reference = bool(ctx.args.reference_stdiff)
     for n in stdiff_threads(ctx):
-        refs = [_published_step(ctx, n, "before")] if ctx.args.reference_stdiff else []
-        ours = []
-        for mode in ctx.args.stdiff_modes:
-            for adjoint in ADJOINT_SETTINGS[ctx.args.stdiff_adjoint]:
-                r = in_process(
-                    stdiff_train_case, "reduced", mode, n, ctx.args.repeats, adjoint=adjoint
-                )
-                ours.append(emit(add_reference_ratios(r, ctx.stdiff_peaks[n])))
-        if refs:
-            # Timed before and after our rows: the machine's speed drifts by up to a third
-            # within the hour a run takes here. Ratios are against the faster of the two.
-            refs.append(_published_step(ctx, n, "after"))
-            fastest = min(ref["time_s"] for ref in refs)
-            for r in ours:
-                r["speedup_vs_published_same_run"] = fastest / r["time_s"]
+        # The machine's speed drifts by up to a third within the hour a run takes here: each
+        # round of our rows is bracketed by published timings, and its ratios are against the
+        # faster of the two (the conservative one).
+        refs = [_published_step(ctx, n, "before")] if with_reference else []
+        for k in range(1, rounds + 1):
+            ours = []
+            for mode in ctx.args.stdiff_modes:
+                for adjoint in ADJOINT_SETTINGS[ctx.args.stdiff_adjoint]:
+                    r = in_process(
+                        stdiff_train_case, "reduced", mode, n, ctx.args.repeats, adjoint=adjoint
+                    )
+                    if rounds > 1:
+                        r["round"] = k
+                    ours.append(add_reference_ratios(r, ctx.stdiff_peaks[n]))
+            if with_reference:
+                when = "after" if k == rounds else f"after round {k}"
+                refs.append(_published_step(ctx, n, when))
+                fastest = min(refs[-2]["time_s"], refs[-1]["time_s"])
+                for r in ours:
+                    r["speedup_vs_published_same_run"] = fastest / r["time_s"]
+            rows += [emit(r) for r in ours]
         published += refs
-        rows += ours
     out = {"stdiff_train_reduced": rows}
     if published:
         out["stdiff_train_reduced_published"] = published
+    if rounds > 1 and with_reference:
+        out["stdiff_train_reduced_rounds"] = _by_mode_over_rounds(rows)
+    return out
+
+
+def _by_mode_over_rounds(rows: list[dict]) -> list[dict]:
+    """Per (threads, mode, adjoint): the same-run ratios and reference-FLOP fractions of every
+    round, their median and minimum."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["threads"], r["mode"], r["adjoint"]), []).append(r)
+    out = []
+    for (threads, mode, adjoint), rs in groups.items():
+        summary = {"threads": threads, "mode": mode, "adjoint": adjoint}
+        for key in ("speedup_vs_published_same_run", "reference_gflop_fraction_of_fp32_peak"):
+            values = [r[key] for r in rs if key in r]
+            if values:
+                summary[f"{key}_by_round"] = values
+                summary[f"{key}_median"] = statistics.median(values)
+                summary[f"{key}_min"] = min(values)
+        out.append(summary)
     return out
 
 

@@ -214,21 +214,35 @@ def reference_train_case(
 
 
 def run(ctx: Context) -> dict:
+    """Per model: the published step (fp32, then bf16 autocast) before our rows of that
+    precision; each of our rows carries ``speedup_vs_reference`` (against the published step in
+    its own precision) and, once both were timed, ``speedup_vs_reference_fp32`` /
+    ``speedup_vs_reference_bf16``. The issue's bf16 goal is in the frame of its inference
+    figures, ours in bf16 against the published code in fp32 (``_fp32``); ``_bf16`` is the
+    stricter like-for-like ratio."""
     a = ctx.args
     rows = []
     for name in a.models:
-        ref = None
+        refs: dict[str, dict] = {}
+        ours: list[dict] = []
         for mode in ("fp32", "fp32_direct", "bf16_cl"):
             case = (name, a.wfvae_train_frames, a.wfvae_train_size, mode, a.threads, a.repeats)
-            if a.reference_wfvae and mode != "fp32_direct":  # fp32_direct: the fp32 reference
-                ref = in_process(reference_train_case, a.reference_wfvae, *case)
-                rows.append(emit(add_peak_fractions(ref, ctx.conv_peak)))
+            precision = "bf16" if mode.startswith("bf16") else "fp32"
+            if a.reference_wfvae and precision not in refs:
+                refs[precision] = in_process(reference_train_case, a.reference_wfvae, *case)
+                rows.append(emit(add_peak_fractions(refs[precision], ctx.conv_peak)))
             full = add_peak_fractions(in_process(ours_train_case, *case), ctx.conv_peak)
             matched = add_peak_fractions(in_process(ours_matched_case, *case), ctx.conv_peak)
             for row in (full, matched):
+                row["precision"] = precision
+                ref = refs.get(precision)
                 if ref is not None:
                     row["reference_time_s"] = ref["time_s"]
                     row["reference_gflop"] = ref["gflop"]
                     row["speedup_vs_reference"] = ref["time_s"] / row["time_s"]
                 rows.append(emit(row))
+                ours.append(row)
+        for row in ours:  # the cross-precision ratios, once every reference row is in
+            for precision, ref in refs.items():
+                row[f"speedup_vs_reference_{precision}"] = ref["time_s"] / row["time_s"]
     return {"wfvae_train": rows}
