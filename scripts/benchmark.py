@@ -30,7 +30,9 @@ stdiff_truncation: frame-truncation speed (reduced; its quality cost on briefly-
 models is an experiment: scripts/truncation_study.py); stdiff_sde: the TDE alone at the
 kitti_range and reduced sizes with the SDE's nets in fp32 and in bf16, on the process's threads
 and on one, and bf16's numerical cost. --reference-stdiff DIR: stdiff_train also times the
-published reduced step in the same run (scripts/bench/stdiff_reference.py).
+published reduced step in the same run (scripts/bench/stdiff_reference.py); --stdiff-rounds 3
+repeats our rows three times with the published step timed between rounds (the machine's speed
+drifts within a run: each round is compared with the published timings around it).
 
 On a shared machine, OMP_WAIT_POLICY=PASSIVE keeps idle OpenMP threads from spinning (without
 it, 2-thread runs slowed down many times when other processes took a core); the load average
@@ -72,7 +74,8 @@ WF-VAE training step (only when named; with the conv peak for the fractions):
 wfvae_train: our full VAE-GAN step (generator with every loss term and the adaptive GAN
 weight, then the discriminator step) against the published model's forward + backward (L1 +
 KL, AdamW) in the same run, fp32 (Winograd where it pays), fp32_direct and bf16
-channels-last, batch 1, 9 x 128^2 by default.
+channels-last, batch 1, 9 x 128^2 by default; every row against the published step in fp32 and
+under bf16 autocast.
 
 Winograd against the direct conv, one conv at a time (only when named; ~2 min):
 
