@@ -20,12 +20,12 @@ convs of WF-VAE-L run 1.4-2.8x faster than oneDNN's direct kernel, and forward +
 :func:`winograd_applies` keeps the direct conv where it is not faster.
 
 Numerics: F(4x4, 3x3) is the usual trade (cuDNN's and oneDNN's fp32 Winograd): its transforms
-have coefficients up to 8 and 1/24, so its float32 error is about ten times the direct
-conv's (rms 3.5e-6 of the output against 3.5e-7, at most ~1e-5 of its scale); F(2x2, 3x3)
-would be as accurate as direct but gained only 1.3-2x here. ``WFVAE(conv_algorithm="direct")``
-keeps PyTorch's convolution everywhere. Gradients come from the same transforms transposed (the backward of the tiled computation): the input
-gradient is ``B (dM @ U) B^T`` scattered back over the overlapping tiles, the weight gradient
-``G^T (dM^T @ V) G``.
+have coefficients up to 8 and 1/24, so its float32 error is about ten times the direct conv's
+(rms 3.5e-6 of the output against 3.5e-7, at most ~1e-5 of its scale); F(2x2, 3x3) would be as
+accurate as direct but gained only 1.3-2x here. ``WFVAE(conv_algorithm="direct")`` keeps
+PyTorch's convolution everywhere. Gradients come from the same transforms transposed (the
+backward of the tiled computation): the input gradient is ``B (dM @ U) B^T`` scattered back over
+the overlapping tiles, the weight gradient ``G^T (dM^T @ V) G``.
 
 Shapes: input ``[B, Cin, T + k_t - 1, H, W]`` (time already padded by the caller, space not),
 weight ``[Cout, Cin, k_t, 3, 3]``, output ``[B, Cout, T, H, W]`` channels-last; any H, W (tiles
